@@ -1,0 +1,761 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// capture.bpf.c: socket tracking and payload capture on syscall tracepoints.
+//
+// Only syscall tracepoints are used: they are a stable ABI, and on the
+// kernels we target kprobes/fentry may be forbidden. The hot path is a read or
+// write on a file descriptor that is not a tracked socket: it costs one hash
+// lookup in `sockets` and returns. Sockets enter the table when connect(2)
+// or accept(2)/accept4(2) of a process that passes the filters returns, or
+// when user space finds them already open at start-up.
+
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "event.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// Forces the record types into BTF so bpf2go can generate Go types for them:
+// they only travel through the ring buffer as bytes.
+const struct data_event *unused_data_event __attribute__((unused));
+const struct conn_event *unused_conn_event __attribute__((unused));
+const struct conn_tuple *unused_conn_tuple __attribute__((unused));
+const enum event_type *unused_event_type __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
+const enum direction *unused_direction __attribute__((unused));
+const enum conn_role *unused_conn_role __attribute__((unused));
+const enum data_source *unused_data_source __attribute__((unused));
+
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+
+// Filter switches (filter_flags). A set bit means "this list is not empty";
+// lists combine with AND, entries of one list with OR.
+#define FILTER_PIDS 0x1
+#define FILTER_PORTS 0x2
+#define FILTER_COMMS 0x4
+#define FILTER_CGROUPS 0x8
+
+#define MAX_CGROUPS 16
+
+// Load-time configuration (rewritten by the loader before the programs are
+// verified, so the verifier prunes branches of filters that are off).
+volatile const __u32 filter_flags = 0;
+volatile const __u32 n_cgroups = 0;
+// Bytes captured per syscall at most; larger syscalls are captured head and
+// tail, capture_tail bytes of the tail.
+volatile const __u32 capture_cap = 16384;
+volatile const __u32 capture_tail = 4096;
+// Submit with BPF_RB_NO_WAKEUP until this many bytes wait in the ring buffer;
+// 0 wakes the reader for every record.
+volatile const __u64 wakeup_bytes = 65536;
+// The receiver's own process is never captured (its exports would feed back).
+volatile const __u32 self_tgid = 0;
+
+// Kernel-assigned connection ids count up from 1; user space uses ids with
+// the top bit set for sockets found open at start-up.
+__u64 next_conn_id = 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24); // resized by the loader (limits.ring_buffer_bytes)
+} events SEC(".maps");
+
+// A plain hash, not LRU: an LRU would silently evict live connections, and a
+// full table must be counted (CNT_DROP_SOCKTAB_FULL) instead.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); // resized by the loader (limits.max_connections)
+	__type(key, struct sock_key);
+	__type(value, struct sock_info);
+} sockets SEC(".maps");
+
+// Syscall arguments saved at enter for the exit tracepoint of the same
+// thread: the payload of a read only exists at exit, and a write is captured
+// at exit too so that only the bytes the kernel accepted are recorded.
+struct inflight {
+	__u64 ptr; // buffer, iovec array or sockaddr
+	__s32 fd;
+	__u32 iovcnt; // 0 for a plain buffer
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+// Per-CPU staging area for data records: bpf_ringbuf_output copies exactly
+// the captured length, so small messages use small ring-buffer space.
+// Syscall tracepoint programs do not nest on one CPU (bpf_prog_active).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct data_event);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); // tgid
+	__type(value, __u8);
+} filter_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16); // TCP port, host byte order
+	__type(value, __u8);
+} filter_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, char[COMM_LEN]);
+	__type(value, __u8);
+} filter_comms SEC(".maps");
+
+// bpf_current_task_under_cgroup checks one slot of a cgroup array: it
+// includes descendants, so a pod's cgroup covers its containers.
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_ARRAY);
+	__uint(max_entries, MAX_CGROUPS);
+	__type(key, __u32);
+	__type(value, __u32);
+} filter_cgroups SEC(".maps");
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += n; // per-CPU slot: no other writer
+}
+
+// Wake the reader only when enough bytes wait; it polls on a short timer
+// otherwise. Wakeups per record dominate the cost of capture.
+static __always_inline __u64 rb_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+// ---------------------------------------------------------------------------
+// Filters: applied when a socket would enter the table.
+
+static __always_inline bool cgroup_match(void)
+{
+	for (__u32 i = 0; i < MAX_CGROUPS; i++) {
+		if (i >= n_cgroups)
+			break;
+		if (bpf_current_task_under_cgroup(&filter_cgroups, i) == 1)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline bool process_passes(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return false;
+	if (filter_flags & FILTER_PIDS) {
+		if (!bpf_map_lookup_elem(&filter_pids, &tgid))
+			return false;
+	}
+	if (filter_flags & FILTER_COMMS) {
+		char comm[COMM_LEN] = {};
+		bpf_get_current_comm(comm, sizeof(comm));
+		if (!bpf_map_lookup_elem(&filter_comms, comm))
+			return false;
+	}
+	if (filter_flags & FILTER_CGROUPS) {
+		if (!cgroup_match())
+			return false;
+	}
+	return true;
+}
+
+static __always_inline bool ports_pass(const struct conn_tuple *t)
+{
+	if (!(filter_flags & FILTER_PORTS))
+		return true;
+	if (t->family == AF_UNIX)
+		return false; // a port filter names TCP ports only
+	__u16 p = t->sport;
+	if (bpf_map_lookup_elem(&filter_ports, &p))
+		return true;
+	p = t->dport;
+	return bpf_map_lookup_elem(&filter_ports, &p) != NULL;
+}
+
+// ---------------------------------------------------------------------------
+// fd -> struct file -> struct sock
+
+static __always_inline struct file *fd_file(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0)
+		return NULL;
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max)
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+// sock_of returns the struct sock behind a socket file, or NULL.
+static __always_inline struct sock *sock_of(struct file *f, __u64 *inode)
+{
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	*inode = BPF_CORE_READ(ino, i_ino);
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline void read_unix_path(struct sock *sk, __u8 role, char *dst)
+{
+	struct unix_sock *u = (struct unix_sock *)sk;
+	struct unix_address *addr = BPF_CORE_READ(u, addr);
+	if (!addr && role == ROLE_CLIENT) {
+		// A connecting socket is usually unbound: the path is its peer's.
+		struct unix_sock *peer = (struct unix_sock *)BPF_CORE_READ(u, peer);
+		if (peer)
+			addr = BPF_CORE_READ(peer, addr);
+	}
+	if (!addr)
+		return;
+	// unix_address.len counts sun_family (2 bytes) plus the path bytes; the
+	// path is read only up to that length so no neighbouring heap bytes leak.
+	int len = BPF_CORE_READ(addr, len) - 2;
+	if (len <= 0)
+		return;
+	if (len > UNIX_PATH_CAP - 1)
+		len = UNIX_PATH_CAP - 1;
+	const char *src = (const char *)addr + bpf_core_field_offset(struct unix_address, name) + 2;
+	bpf_probe_read_kernel(dst, len & (UNIX_PATH_CAP - 1), src);
+	if (dst[0] == 0)
+		dst[0] = '@'; // abstract namespace, shown as ss(8) does
+}
+
+static __always_inline bool read_tuple(struct sock *sk, struct conn_tuple *t)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	t->family = family;
+	if (family == AF_UNIX)
+		return true;
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return false;
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)t->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	return true;
+}
+
+// track enters a just connected or accepted socket into the table and
+// announces it to user space.
+static __always_inline void track(int fd, __u8 role)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!process_passes(tgid)) {
+		count(CNT_FILTERED, 1);
+		return;
+	}
+	struct file *f = fd_file(fd);
+	if (!f)
+		return;
+	__u64 inode = 0;
+	struct sock *sk = sock_of(f, &inode);
+	if (!sk)
+		return;
+	struct sock_info info = {};
+	if (!read_tuple(sk, &info.tuple))
+		return;
+	if (!ports_pass(&info.tuple)) {
+		count(CNT_FILTERED, 1);
+		return;
+	}
+	info.conn_id = __sync_fetch_and_add(&next_conn_id, 1);
+	info.file = (__u64)f;
+	info.inode = inode;
+	info.role = role;
+	struct sock_key key = {.tgid = tgid, .fd = fd};
+	if (bpf_map_update_elem(&sockets, &key, &info, BPF_ANY)) {
+		count(CNT_DROP_SOCKTAB_FULL, 1);
+		return;
+	}
+	count(CNT_CONN_OPENED, 1);
+
+	struct conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CNT_DROP_CONN_EVENT, 1);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e)); // reserved memory is not zeroed
+	e->type = EVENT_CONN_OPEN;
+	e->role = role;
+	e->pid = tgid;
+	e->tid = (__u32)pid_tgid;
+	e->fd = fd;
+	e->conn_id = info.conn_id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->inode = inode;
+	e->tuple = info.tuple;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	if (info.tuple.family == AF_UNIX)
+		read_unix_path(sk, role, e->unix_path);
+	bpf_ringbuf_submit(e, rb_flags());
+}
+
+// lookup_socket returns the table entry for (tgid, fd) if that fd still is
+// the socket that was entered. An fd can be reused without close(2) being
+// seen (dup2 onto it, close-on-exec, close_range), so the struct file is
+// compared; entries written by user space are verified by inode once.
+static __always_inline struct sock_info *lookup_socket(__u32 tgid, int fd)
+{
+	struct sock_key key = {.tgid = tgid, .fd = fd};
+	struct sock_info *si = bpf_map_lookup_elem(&sockets, &key);
+	if (!si)
+		return NULL;
+	struct file *f = fd_file(fd);
+	if (si->file == (__u64)f && f)
+		return si;
+	if (si->file == 0 && f) {
+		__u64 inode = 0;
+		if (sock_of(f, &inode) && inode == si->inode) {
+			si->file = (__u64)f;
+			return si;
+		}
+	}
+	count(CNT_STALE_FD, 1);
+	bpf_map_delete_elem(&sockets, &key);
+	return NULL;
+}
+
+// ---------------------------------------------------------------------------
+// Payload capture: one bpf_loop iteration per record.
+
+struct cap_state {
+	__u64 seg_base; // user address of the current segment
+	__u64 seg_rem;  // bytes left in the current segment
+	__u64 iov;      // user address of the iovec array; 0 for a plain buffer
+	__u32 iov_idx;
+	__u32 iovcnt;
+	__u32 pos;      // bytes of the syscall walked so far
+	__u32 total;    // bytes the syscall moved
+	__u32 skip_at;  // end of the captured head
+	__u32 skip_to;  // start of the captured tail
+	__u64 seq;      // stream offset of byte 0 of the syscall
+};
+
+// The walk state lives in a per-CPU map value rather than on the stack: the
+// verifier does not track map memory, so it proves the callback once instead
+// of once per distinct (pos, seg_rem, ...) state of every iteration.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cap_state);
+} cap_states SEC(".maps");
+
+static long capture_step(__u64 index, void *ctx)
+{
+	__u32 zero = 0;
+	struct cap_state *s = bpf_map_lookup_elem(&cap_states, &zero);
+	if (!s)
+		return 1;
+	if (s->pos >= s->total)
+		return 1;
+
+	// Between head and tail: walk the segments without copying.
+	if (s->pos == s->skip_at && s->skip_to > s->skip_at) {
+		__u64 need = s->skip_to - s->pos;
+		if (s->seg_rem > need) {
+			s->seg_base += need;
+			s->seg_rem -= need;
+			s->pos = s->skip_to;
+		} else {
+			s->pos += s->seg_rem;
+			s->skip_at = s->pos; // keep skipping from the next segment
+			s->seg_rem = 0;
+		}
+		return 0;
+	}
+
+	if (s->seg_rem == 0) {
+		if (!s->iov || s->iov_idx >= s->iovcnt || s->iov_idx >= MAX_IOV)
+			return 1;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(s->iov + (__u64)s->iov_idx * sizeof(v))))
+			return 1;
+		s->iov_idx++;
+		s->seg_base = (__u64)v.iov_base;
+		s->seg_rem = v.iov_len;
+		return 0;
+	}
+
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 1;
+
+	__u64 limit = s->pos < s->skip_at ? s->skip_at : s->total;
+	__u64 n = limit - s->pos;
+	if (n > s->seg_rem)
+		n = s->seg_rem;
+	if (n > DATA_CHUNK)
+		n = DATA_CHUNK;
+	if (bpf_probe_read_user(e->payload, n, (void *)s->seg_base))
+		return 1;
+
+	e->offset = s->pos;
+	e->seq = s->seq + s->pos;
+	e->cap_len = n;
+	s->pos += n;
+	s->seg_base += n;
+	s->seg_rem -= n;
+	if (s->pos >= s->total)
+		e->flags |= DATA_FLAG_LAST;
+
+	if (bpf_ringbuf_output(&events, e, offsetof(struct data_event, payload) + n, rb_flags())) {
+		count(CNT_DROP_RINGBUF, 1);
+		count(CNT_DROP_RINGBUF_BYTES, n);
+	} else {
+		count(CNT_RECORDS, 1);
+		count(CNT_BYTES, n);
+	}
+	return 0;
+}
+
+// The most records one syscall can produce: head and tail chunks, one step
+// per iovec entry, one skip step.
+#define CAPTURE_STEPS (MAX_CAPTURE_BYTES / DATA_CHUNK + MAX_IOV + 4)
+
+static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u8 source)
+{
+	if (ret <= 0)
+		return;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	struct sock_info *si = lookup_socket(tgid, io->fd);
+	if (!si)
+		return;
+
+	__u32 total = ret > 0x7fffffff ? 0x7fffffff : (__u32)ret;
+	// Reserve this syscall's byte range of the stream; concurrent writers of
+	// one socket get disjoint ranges.
+	__u64 seq = __sync_fetch_and_add(dir == DIR_EGRESS ? &si->seq_egress : &si->seq_ingress, (__u64)total);
+
+	__u32 zero = 0;
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return;
+	e->type = EVENT_DATA;
+	e->direction = dir;
+	e->flags = 0;
+	e->source = source;
+	e->pid = tgid;
+	e->tid = (__u32)pid_tgid;
+	e->fd = io->fd;
+	e->conn_id = si->conn_id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->total_len = total;
+	e->tuple = si->tuple;
+
+	struct cap_state *s = bpf_map_lookup_elem(&cap_states, &zero);
+	if (!s)
+		return;
+	s->iov = io->iovcnt ? io->ptr : 0;
+	s->iovcnt = io->iovcnt;
+	s->iov_idx = 0;
+	s->seg_base = io->iovcnt ? 0 : io->ptr;
+	s->seg_rem = io->iovcnt ? 0 : total;
+	s->pos = 0;
+	s->total = total;
+	s->skip_at = total;
+	s->skip_to = total;
+	s->seq = seq;
+	__u32 cap = capture_cap;
+	if (cap > MAX_CAPTURE_BYTES)
+		cap = MAX_CAPTURE_BYTES;
+	if (total > cap) {
+		__u32 tail = capture_tail < cap ? capture_tail : cap;
+		s->skip_at = cap - tail;
+		s->skip_to = total - tail;
+		e->flags = DATA_FLAG_TRUNCATED;
+		count(CNT_TRUNCATED, 1);
+		count(CNT_TRUNCATED_BYTES, total - cap);
+	}
+	bpf_loop(CAPTURE_STEPS, capture_step, NULL, 0);
+}
+
+// ---------------------------------------------------------------------------
+// Enter: remember the arguments of syscalls on tracked sockets.
+
+static __always_inline void remember(int fd, __u64 ptr, __u32 iovcnt)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sock_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	// The one lookup that every read/write on the host pays.
+	if (!bpf_map_lookup_elem(&sockets, &key))
+		return;
+	struct inflight io = {.ptr = ptr, .fd = fd, .iovcnt = iovcnt};
+	if (bpf_map_update_elem(&inflight, &pid_tgid, &io, BPF_ANY))
+		count(CNT_DROP_ARGS_FULL, 1);
+}
+
+static __always_inline void remember_msg(int fd, __u64 umsg)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sock_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	if (!bpf_map_lookup_elem(&sockets, &key))
+		return;
+	struct user_msghdr m = {};
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)umsg))
+		return;
+	struct inflight io = {.ptr = (__u64)m.msg_iov, .fd = fd, .iovcnt = m.msg_iovlen};
+	if (io.iovcnt == 0)
+		return;
+	if (bpf_map_update_elem(&inflight, &pid_tgid, &io, BPF_ANY))
+		count(CNT_DROP_ARGS_FULL, 1);
+}
+
+static __always_inline void finish(long ret, __u8 dir, __u8 source)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct inflight *io = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	if (!io)
+		return;
+	struct inflight copy = *io;
+	bpf_map_delete_elem(&inflight, &pid_tgid);
+	capture(&copy, ret, dir, source);
+}
+
+// Syscall tracepoint records: args[] of sys_enter_* and ret of sys_exit_*
+// sit at the same offsets as in raw_syscalls' sys_enter/sys_exit.
+#define ARG(ctx, i) ((ctx)->args[i])
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int enter_read(struct trace_event_raw_sys_enter *ctx)
+{
+	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int exit_read(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_INGRESS, SRC_READ);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int enter_write(struct trace_event_raw_sys_enter *ctx)
+{
+	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int exit_write(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_EGRESS, SRC_WRITE);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int enter_readv(struct trace_event_raw_sys_enter *ctx)
+{
+	remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_readv")
+int exit_readv(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_INGRESS, SRC_READV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int enter_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_writev")
+int exit_writev(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_EGRESS, SRC_WRITEV);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{
+	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_INGRESS, SRC_RECVFROM);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_EGRESS, SRC_SENDTO);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	remember_msg(ARG(ctx, 0), ARG(ctx, 1));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_INGRESS, SRC_RECVMSG);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	remember_msg(ARG(ctx, 0), ARG(ctx, 1));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	finish(ctx->ret, DIR_EGRESS, SRC_SENDMSG);
+	return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Connection lifecycle.
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if ((pid_tgid >> 32) == self_tgid)
+		return 0;
+	struct inflight io = {.fd = ARG(ctx, 0)};
+	if (bpf_map_update_elem(&inflight, &pid_tgid, &io, BPF_ANY))
+		count(CNT_DROP_ARGS_FULL, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct inflight *io = bpf_map_lookup_elem(&inflight, &pid_tgid);
+	if (!io)
+		return 0;
+	int fd = io->fd;
+	bpf_map_delete_elem(&inflight, &pid_tgid);
+	// A non-blocking connect returns EINPROGRESS with the tuple already
+	// chosen (the local port is bound before the SYN is sent).
+	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
+		track(fd, ROLE_CLIENT);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret >= 0)
+		track(ctx->ret, ROLE_SERVER);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	if (ctx->ret >= 0)
+		track(ctx->ret, ROLE_SERVER);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	int fd = ARG(ctx, 0);
+	struct sock_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+	struct sock_info *si = bpf_map_lookup_elem(&sockets, &key);
+	if (!si)
+		return 0;
+	struct conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (e) {
+		__builtin_memset(e, 0, sizeof(*e));
+		e->type = EVENT_CONN_CLOSE;
+		e->role = si->role;
+		e->pid = key.tgid;
+		e->tid = (__u32)pid_tgid;
+		e->fd = fd;
+		e->conn_id = si->conn_id;
+		e->ts_ns = bpf_ktime_get_ns();
+		e->seq_egress = si->seq_egress;
+		e->seq_ingress = si->seq_ingress;
+		e->inode = si->inode;
+		e->tuple = si->tuple;
+		bpf_ringbuf_submit(e, rb_flags());
+	} else {
+		count(CNT_DROP_CONN_EVENT, 1);
+	}
+	bpf_map_delete_elem(&sockets, &key);
+	return 0;
+}

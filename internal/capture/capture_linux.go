@@ -1,0 +1,321 @@
+//go:build linux
+
+package capture
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"go.uber.org/zap"
+
+	"github.com/ebpfotel/ebpfreceiver/internal/event"
+)
+
+// Filter bits, as FILTER_* in bpf/capture.bpf.c.
+const (
+	filterPIDs    = 0x1
+	filterPorts   = 0x2
+	filterComms   = 0x4
+	filterCgroups = 0x8
+	maxCgroups    = 16
+	commLen       = 16
+)
+
+// Sink receives raw ring-buffer records (valid only during the call) and a
+// tick whenever the reader was idle for a poll interval.
+type Sink interface {
+	Record(raw []byte)
+	Tick(now time.Time)
+}
+
+// Capture is a loaded and attached set of capture programs.
+type Capture struct {
+	opts   Options
+	logger *zap.Logger
+
+	objs     event.CaptureObjects
+	links    []link.Link
+	reader   *ringbuf.Reader
+	existing [][]byte // synthetic open records for sockets found at start
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// tracepoints lists every syscall tracepoint the programs attach to.
+func tracepoints(p *event.CapturePrograms) map[string]*ebpf.Program {
+	return map[string]*ebpf.Program{
+		"sys_enter_read":     p.EnterRead,
+		"sys_exit_read":      p.ExitRead,
+		"sys_enter_write":    p.EnterWrite,
+		"sys_exit_write":     p.ExitWrite,
+		"sys_enter_readv":    p.EnterReadv,
+		"sys_exit_readv":     p.ExitReadv,
+		"sys_enter_writev":   p.EnterWritev,
+		"sys_exit_writev":    p.ExitWritev,
+		"sys_enter_recvfrom": p.EnterRecvfrom,
+		"sys_exit_recvfrom":  p.ExitRecvfrom,
+		"sys_enter_sendto":   p.EnterSendto,
+		"sys_exit_sendto":    p.ExitSendto,
+		"sys_enter_recvmsg":  p.EnterRecvmsg,
+		"sys_exit_recvmsg":   p.ExitRecvmsg,
+		"sys_enter_sendmsg":  p.EnterSendmsg,
+		"sys_exit_sendmsg":   p.ExitSendmsg,
+		"sys_enter_connect":  p.EnterConnect,
+		"sys_exit_connect":   p.ExitConnect,
+		"sys_exit_accept":    p.ExitAccept,
+		"sys_exit_accept4":   p.ExitAccept4,
+		"sys_enter_close":    p.EnterClose,
+	}
+}
+
+// Open checks the prerequisites, loads the programs with opts applied,
+// attaches them and, when asked, seeds the socket table with connections
+// that are already open. Errors name the cause and the fix.
+func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	if err := checkPrerequisites(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps (grant CAP_SYS_RESOURCE or run as root): %w", err)
+	}
+
+	spec, err := event.LoadCapture()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded capture programs: %w", err)
+	}
+	if err := configure(spec, opts); err != nil {
+		return nil, err
+	}
+
+	c := &Capture{opts: opts, logger: logger}
+	defer func() {
+		if err != nil {
+			_ = c.Close()
+		}
+	}()
+	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+		return nil, explainLoadError(err)
+	}
+	if err := c.fillFilters(); err != nil {
+		return nil, err
+	}
+	for name, prog := range tracepoints(&c.objs.CapturePrograms) {
+		l, err := link.Tracepoint("syscalls", name, prog, nil)
+		if err != nil {
+			return nil, fmt.Errorf("attach tracepoint syscalls/%s: %w", name, err)
+		}
+		c.links = append(c.links, l)
+	}
+	// The scan runs after attaching: a socket opened in between is then seen
+	// by both, and the kernel's entry wins (the scan inserts with NOEXIST).
+	if opts.ScanExisting {
+		n, err := c.seedExisting()
+		if err != nil {
+			return nil, err
+		}
+		logger.Info("seeded socket table with open connections", zap.Int("connections", n))
+	}
+	c.reader, err = ringbuf.NewReader(c.objs.Events)
+	if err != nil {
+		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	return c, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, opts Options) error {
+	spec.Maps["events"].MaxEntries = opts.RingBufferBytes
+	spec.Maps["sockets"].MaxEntries = opts.MaxConnections
+
+	var flags uint32
+	f := opts.Filter
+	if len(f.PIDs) > 0 {
+		flags |= filterPIDs
+	}
+	if len(f.Ports) > 0 {
+		flags |= filterPorts
+	}
+	if len(f.Comms) > 0 {
+		flags |= filterComms
+	}
+	if len(f.Cgroups) > 0 {
+		flags |= filterCgroups
+	}
+	if len(f.Cgroups) > maxCgroups {
+		return fmt.Errorf("filter.cgroups: at most %d cgroups, got %d", maxCgroups, len(f.Cgroups))
+	}
+	self := uint32(os.Getpid())
+	if opts.IncludeSelf {
+		self = 0 // no process has tgid 0
+	}
+	vars := map[string]any{
+		"filter_flags": flags,
+		"n_cgroups":    uint32(len(f.Cgroups)),
+		"capture_cap":  opts.CaptureBytes,
+		"capture_tail": opts.TailBytes,
+		"wakeup_bytes": opts.WakeupBytes,
+		"self_tgid":    self,
+		"next_conn_id": uint64(1),
+	}
+	for name, v := range vars {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("capture programs lack variable %q: regenerate with make generate", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func (c *Capture) fillFilters() error {
+	one := uint8(1)
+	for _, pid := range c.opts.Filter.PIDs {
+		if err := c.objs.FilterPids.Put(pid, one); err != nil {
+			return fmt.Errorf("filter.pids: add %d: %w", pid, err)
+		}
+	}
+	for _, port := range c.opts.Filter.Ports {
+		if err := c.objs.FilterPorts.Put(port, one); err != nil {
+			return fmt.Errorf("filter.ports: add %d: %w", port, err)
+		}
+	}
+	for _, name := range c.opts.Filter.Comms {
+		var key [commLen]byte
+		copy(key[:commLen-1], name) // the kernel's comm is NUL-terminated, 15 bytes at most
+		if err := c.objs.FilterComms.Put(key, one); err != nil {
+			return fmt.Errorf("filter.executables: add %q: %w", name, err)
+		}
+	}
+	for i, path := range c.opts.Filter.Cgroups {
+		fd, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("filter.cgroups: open %s (a cgroup v2 directory, e.g. under /sys/fs/cgroup): %w", path, err)
+		}
+		err = c.objs.FilterCgroups.Put(uint32(i), uint32(fd.Fd()))
+		fd.Close() // the array keeps its own reference to the cgroup
+		if err != nil {
+			return fmt.Errorf("filter.cgroups: add %s (is it a cgroup v2 directory?): %w", path, err)
+		}
+	}
+	return nil
+}
+
+// Run reads the ring buffer until Close, handing every record to sink. It
+// returns nil after Close.
+func (c *Capture) Run(sink Sink) error {
+	for _, raw := range c.existing {
+		sink.Record(raw)
+	}
+	c.existing = nil
+
+	var rec ringbuf.Record
+	armed := false
+	for {
+		if !armed {
+			// Records are submitted without wakeups below a fill threshold:
+			// the deadline bounds how long they wait.
+			c.reader.SetDeadline(time.Now().Add(c.opts.PollInterval))
+			armed = true
+		}
+		err := c.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+			sink.Record(rec.RawSample)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			armed = false
+			sink.Tick(time.Now())
+		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+	}
+}
+
+// Counters sums the kernel's per-CPU counters (indexed by event.CaptureCounter).
+func (c *Capture) Counters() ([event.NumCounters]uint64, error) {
+	var out [event.NumCounters]uint64
+	var per []uint64
+	for i := range out {
+		if err := c.objs.Counters.Lookup(uint32(i), &per); err != nil {
+			return out, fmt.Errorf("read counter %d: %w", i, err)
+		}
+		for _, v := range per {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// RingBufferUsed is the number of bytes waiting in the ring buffer.
+func (c *Capture) RingBufferUsed() int { return c.reader.AvailableBytes() }
+
+// SocketTableLen counts entries of the kernel socket table.
+func (c *Capture) SocketTableLen() int {
+	var (
+		key  event.CaptureSockKey
+		n    int
+		iter = c.objs.Sockets.Iterate()
+		val  event.CaptureSockInfo
+	)
+	for iter.Next(&key, &val) {
+		n++
+	}
+	return n
+}
+
+// Sweep removes socket-table entries of processes that have exited: a
+// process's sockets close without close(2) when it exits.
+func (c *Capture) Sweep() int {
+	var (
+		key   event.CaptureSockKey
+		val   event.CaptureSockInfo
+		stale []event.CaptureSockKey
+		alive = map[uint32]bool{}
+		iter  = c.objs.Sockets.Iterate()
+	)
+	for iter.Next(&key, &val) {
+		ok, seen := alive[key.Tgid]
+		if !seen {
+			_, err := os.Stat(fmt.Sprintf("/proc/%d", key.Tgid))
+			ok = err == nil
+			alive[key.Tgid] = ok
+		}
+		if !ok {
+			stale = append(stale, key)
+		}
+	}
+	for i := range stale {
+		_ = c.objs.Sockets.Delete(&stale[i])
+	}
+	return len(stale)
+}
+
+// Close detaches and unloads everything; it is idempotent and interrupts Run.
+func (c *Capture) Close() error {
+	c.closeOnce.Do(func() {
+		var errs []error
+		if c.reader != nil {
+			errs = append(errs, c.reader.Close())
+		}
+		for _, l := range c.links {
+			errs = append(errs, l.Close())
+		}
+		c.links = nil
+		errs = append(errs, c.objs.Close())
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}

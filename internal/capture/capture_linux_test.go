@@ -1,0 +1,349 @@
+//go:build linux
+
+package capture
+
+import (
+	"bytes"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpfotel/ebpfreceiver/internal/stream"
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
+)
+
+// segment is a run of captured bytes at a stream offset.
+type segment struct {
+	off  uint64
+	data []byte
+}
+
+// recorded is everything one connection delivered to its parser.
+type recorded struct {
+	info   stream.ConnInfo
+	segs   [2][]segment
+	pos    [2]uint64 // next stream offset per direction
+	lost   [2]uint64
+	closed bool
+}
+
+func (r *recorded) bytes(dir stream.Direction) []byte {
+	var b []byte
+	for _, s := range r.segs[dir-1] {
+		b = append(b, s.data...)
+	}
+	return b
+}
+
+// recorder is a stream.Detector that takes every connection and keeps
+// what it is fed, so tests can compare it with what was really sent.
+type recorder struct {
+	mu    sync.Mutex
+	conns map[uint64]*recorded
+}
+
+func newRecorder() *recorder { return &recorder{conns: map[uint64]*recorded{}} }
+
+func (r *recorder) Name() string { return "record" }
+func (r *recorder) Detect(*stream.ConnInfo, stream.Direction, []byte) bool {
+	return true
+}
+
+func (r *recorder) New(info *stream.ConnInfo) stream.Parser {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec := &recorded{info: *info}
+	r.conns[info.ID] = rec
+	return &recParser{r: r, rec: rec}
+}
+
+type recParser struct {
+	r   *recorder
+	rec *recorded
+}
+
+func (p *recParser) Data(dir stream.Direction, _ uint64, data []byte, lost uint64) {
+	p.r.mu.Lock()
+	defer p.r.mu.Unlock()
+	i := dir - 1
+	if len(data) > 0 {
+		p.rec.segs[i] = append(p.rec.segs[i], segment{off: p.rec.pos[i], data: bytes.Clone(data)})
+	}
+	p.rec.pos[i] += uint64(len(data)) + lost
+	p.rec.lost[i] += lost
+}
+
+func (p *recParser) Close(uint64) {
+	p.r.mu.Lock()
+	defer p.r.mu.Unlock()
+	p.rec.closed = true
+}
+
+// find returns the connection of this process whose local endpoint is
+// local (TCP) or whose fd is fd (Unix).
+func (r *recorder) find(match func(*recorded) bool) *recorded {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns {
+		if match(c) {
+			return c
+		}
+	}
+	return nil
+}
+
+// sink feeds records to an assembler from the reader goroutine.
+type sink struct {
+	asm *stream.Assembler
+}
+
+func (s *sink) Record(raw []byte) { s.asm.Record(raw) }
+func (s *sink) Tick(time.Time)    { s.asm.Tick(monotonicNow()) }
+
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+func testOptions() Options {
+	return Options{
+		Filter:          Filter{PIDs: []uint32{uint32(os.Getpid())}},
+		RingBufferBytes: 8 << 20,
+		MaxConnections:  4096,
+		CaptureBytes:    16384,
+		TailBytes:       4096,
+		WakeupBytes:     64 << 10,
+		PollInterval:    2 * time.Millisecond,
+		ScanExisting:    true,
+		IncludeSelf:     true,
+	}
+}
+
+type harness struct {
+	cap  *Capture
+	asm  *stream.Assembler
+	rec  *recorder
+	done chan error
+}
+
+func start(t *testing.T, opts Options, run bool) *harness {
+	t.Helper()
+	privileged.Require(t)
+	c, err := Open(opts, nil)
+	require.NoError(t, err)
+	rec := newRecorder()
+	h := &harness{cap: c, rec: rec, done: make(chan error, 1)}
+	h.asm = stream.NewAssembler(stream.Config{MaxConnections: 1024, IdleTimeoutNs: uint64(time.Minute)}, []stream.Detector{rec}, nil)
+	if run {
+		h.run()
+	}
+	t.Cleanup(func() {
+		require.NoError(t, c.Close())
+		if h.done != nil && run {
+			require.NoError(t, <-h.done)
+		}
+	})
+	return h
+}
+
+func (h *harness) run() {
+	go func() { h.done <- h.cap.Run(&sink{asm: h.asm}) }()
+}
+
+// waitFor polls until cond holds or fails the test after a timeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// exchange runs one connection: the client sends req with send, the server
+// reads it all and answers resp, the client reads the answer and closes.
+func exchange(t *testing.T, ln net.Listener, dial func() (net.Conn, error), send func(net.Conn, []byte) error, req, resp []byte) (client, server net.Conn) {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		buf := make([]byte, len(req))
+		if _, err := io.ReadFull(c, buf); err == nil {
+			_, _ = c.Write(resp)
+		}
+		accepted <- c
+	}()
+	cl, err := dial()
+	require.NoError(t, err)
+	require.NoError(t, send(cl, req))
+	got := make([]byte, len(resp))
+	_, err = io.ReadFull(cl, got)
+	require.NoError(t, err)
+	require.Equal(t, resp, got)
+	srv := <-accepted
+	require.NotNil(t, srv)
+	return cl, srv
+}
+
+func plainWrite(c net.Conn, b []byte) error {
+	// Several small writes: each is its own write(2).
+	for len(b) > 0 {
+		n := min(len(b), 7)
+		if _, err := c.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func writevSend(c net.Conn, b []byte) error {
+	// net.Buffers on a TCP or Unix conn is written with writev(2).
+	bufs := net.Buffers{b[:len(b)/3], b[len(b)/3 : 2*len(b)/3], b[2*len(b)/3:]}
+	_, err := bufs.WriteTo(c)
+	return err
+}
+
+// sendmsgSend writes with sendmsg(2) on the raw fd, two iovecs a call.
+func sendmsgSend(c net.Conn, b []byte) error {
+	sc, ok := c.(interface{ SyscallConn() (syscall.RawConn, error) })
+	if !ok {
+		return fmt.Errorf("%T has no raw conn", c)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	for len(b) > 0 {
+		var n int
+		var serr error
+		err = raw.Write(func(fd uintptr) bool {
+			n, serr = unix.SendmsgBuffers(int(fd), [][]byte{b[:len(b)/2], b[len(b)/2:]}, nil, nil, 0)
+			return serr != unix.EAGAIN
+		})
+		if err != nil {
+			return err
+		}
+		if serr != nil {
+			return serr
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+func TestCaptureReassemblesBothDirections(t *testing.T) {
+	h := start(t, testOptions(), true)
+	sockDir := t.TempDir()
+
+	type transport struct {
+		name   string
+		listen func() (net.Listener, error)
+	}
+	transports := []transport{
+		{"tcp4", func() (net.Listener, error) { return net.Listen("tcp4", "127.0.0.1:0") }},
+		{"tcp6", func() (net.Listener, error) { return net.Listen("tcp6", "[::1]:0") }},
+		{"unix", func() (net.Listener, error) { return net.Listen("unix", filepath.Join(sockDir, "s.sock")) }},
+	}
+	senders := []struct {
+		name string
+		send func(net.Conn, []byte) error
+	}{
+		{"write", plainWrite},
+		{"writev", writevSend},
+		{"sendmsg", sendmsgSend},
+	}
+	for _, tr := range transports {
+		for _, sd := range senders {
+			t.Run(tr.name+"/"+sd.name, func(t *testing.T) {
+				ln, err := tr.listen()
+				require.NoError(t, err)
+				defer ln.Close()
+				req := []byte(fmt.Sprintf("hello %s over %s: %x", sd.name, tr.name, randBytes(t, 16)))
+				resp := []byte("answer " + string(randBytes(t, 8)))
+				dial := func() (net.Conn, error) { return net.Dial(ln.Addr().Network(), ln.Addr().String()) }
+				cl, srv := exchange(t, ln, dial, sd.send, req, resp)
+				defer srv.Close()
+				clientLocal := cl.LocalAddr().String()
+
+				isClient := func(r *recorded) bool {
+					if tr.name == "unix" {
+						return r.info.Transport == "unix" && r.info.Role == stream.RoleClient && bytes.Equal(r.bytes(stream.Egress), req)
+					}
+					return r.info.Local.String() == clientLocal
+				}
+				isServer := func(r *recorded) bool {
+					if tr.name == "unix" {
+						return r.info.Transport == "unix" && r.info.Role == stream.RoleServer && bytes.Equal(r.bytes(stream.Ingress), req)
+					}
+					return r.info.Remote.String() == clientLocal
+				}
+				waitFor(t, "client bytes", func() bool {
+					c := h.rec.find(isClient)
+					return c != nil && len(h.rec.snapshot(c, stream.Ingress)) == len(resp)
+				})
+				waitFor(t, "server bytes", func() bool {
+					c := h.rec.find(isServer)
+					return c != nil && len(h.rec.snapshot(c, stream.Egress)) == len(resp)
+				})
+				c := h.rec.find(isClient)
+				s := h.rec.find(isServer)
+				require.Equal(t, req, h.rec.snapshot(c, stream.Egress))
+				require.Equal(t, resp, h.rec.snapshot(c, stream.Ingress))
+				require.Equal(t, req, h.rec.snapshot(s, stream.Ingress))
+				require.Equal(t, resp, h.rec.snapshot(s, stream.Egress))
+				require.Equal(t, stream.RoleClient, c.info.Role)
+				require.Equal(t, stream.RoleServer, s.info.Role)
+				require.Equal(t, uint32(os.Getpid()), c.info.PID)
+				require.Equal(t, "capture.test", c.info.Comm)
+				require.False(t, c.info.Preexisting)
+				if tr.name == "unix" {
+					require.Equal(t, filepath.Join(sockDir, "s.sock"), c.info.UnixPath)
+					require.Equal(t, filepath.Join(sockDir, "s.sock"), s.info.UnixPath)
+				} else {
+					require.Equal(t, ln.Addr().String(), c.info.Remote.String())
+					require.Equal(t, ln.Addr().String(), s.info.Local.String())
+				}
+				require.NoError(t, cl.Close())
+				waitFor(t, "close", func() bool { return h.rec.isClosed(c) })
+			})
+		}
+	}
+}
+
+func (r *recorder) snapshot(c *recorded, dir stream.Direction) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return c.bytes(dir)
+}
+
+func (r *recorder) isClosed(c *recorded) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return c.closed
+}
+
+func randBytes(t *testing.T, n int) []byte {
+	b := make([]byte, n)
+	_, err := rand.Read(b)
+	require.NoError(t, err)
+	return b
+}

@@ -1,0 +1,8 @@
+// Package capture loads the kernel capture programs (bpf/capture.bpf.c),
+// applies the configured filters, attaches them to the syscall tracepoints,
+// seeds the socket table with connections that were already open, and reads
+// the ring buffer. It hands raw records to a callback; decoding lives in
+// internal/event and reassembly in internal/stream.
+//
+// It works only on Linux; on other systems Open returns ErrUnsupported.
+package capture

@@ -1,0 +1,55 @@
+package capture
+
+import (
+	"errors"
+	"time"
+)
+
+// ErrUnsupported is returned by Open where eBPF capture cannot run.
+var ErrUnsupported = errors.New("eBPF capture runs only on Linux")
+
+// Filter selects the processes and connections to capture. Empty lists do
+// not filter; non-empty lists combine with AND, their entries with OR.
+type Filter struct {
+	// PIDs are thread-group ids.
+	PIDs []uint32
+	// Ports are TCP ports matched against either end of a connection.
+	Ports []uint16
+	// Comms are process names as the kernel keeps them (at most 15 bytes).
+	Comms []string
+	// Cgroups are cgroup v2 directories; processes in them or in any
+	// cgroup below them match.
+	Cgroups []string
+}
+
+// Empty reports whether the filter selects the whole host.
+func (f Filter) Empty() bool {
+	return len(f.PIDs) == 0 && len(f.Ports) == 0 && len(f.Comms) == 0 && len(f.Cgroups) == 0
+}
+
+// Options configure Open.
+type Options struct {
+	Filter Filter
+	// RingBufferBytes is the size of the ring buffer: a power of two and a
+	// multiple of the page size.
+	RingBufferBytes uint32
+	// MaxConnections is the capacity of the kernel socket table.
+	MaxConnections uint32
+	// CaptureBytes is the most payload captured per syscall; a larger
+	// syscall is captured head and tail, TailBytes of it from the tail.
+	CaptureBytes uint32
+	TailBytes    uint32
+	// WakeupBytes: records are submitted without waking the reader until
+	// this many bytes wait. Zero wakes the reader for every record.
+	WakeupBytes uint64
+	// PollInterval is how often the reader looks at the ring buffer when
+	// it was not woken. Keep it at 1 ms or more: cilium/ebpf turns a
+	// shorter deadline into a zero epoll timeout, a busy loop.
+	PollInterval time.Duration
+	// ScanExisting seeds the socket table with the matching processes'
+	// sockets that are already open.
+	ScanExisting bool
+	// IncludeSelf captures the calling process too. The receiver never
+	// sets it (its own exports would be captured); tests do.
+	IncludeSelf bool
+}
