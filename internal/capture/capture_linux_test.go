@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/event"
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
 )
@@ -224,7 +225,9 @@ func writevSend(c net.Conn, b []byte) error {
 
 // sendmsgSend writes with sendmsg(2) on the raw fd, two iovecs a call.
 func sendmsgSend(c net.Conn, b []byte) error {
-	sc, ok := c.(interface{ SyscallConn() (syscall.RawConn, error) })
+	sc, ok := c.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	})
 	if !ok {
 		return fmt.Errorf("%T has no raw conn", c)
 	}
@@ -346,4 +349,166 @@ func randBytes(t *testing.T, n int) []byte {
 	_, err := rand.Read(b)
 	require.NoError(t, err)
 	return b
+}
+
+// checkSegments asserts that every captured run equals the sent bytes at
+// its offset and that captured plus lost bytes account for all of them.
+func checkSegments(t *testing.T, r *recorded, dir stream.Direction, sent []byte) {
+	t.Helper()
+	var captured uint64
+	for _, s := range r.segs[dir-1] {
+		require.LessOrEqual(t, s.off+uint64(len(s.data)), uint64(len(sent)))
+		require.Equal(t, sent[s.off:s.off+uint64(len(s.data))], s.data, "bytes at offset %d", s.off)
+		captured += uint64(len(s.data))
+	}
+	require.Equal(t, uint64(len(sent)), captured+r.lost[dir-1])
+}
+
+func TestCaptureLargeWriteIsChunkedHeadAndTail(t *testing.T) {
+	h := start(t, testOptions(), true)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	big := randBytes(t, 1<<20)
+	resp := []byte("ok")
+	dial := func() (net.Conn, error) { return net.Dial("tcp4", ln.Addr().String()) }
+	cl, srv := exchange(t, ln, dial, func(c net.Conn, b []byte) error { _, err := c.Write(b); return err }, big, resp)
+	defer srv.Close()
+	local := cl.LocalAddr().String()
+	require.NoError(t, cl.Close())
+	waitFor(t, "client close", func() bool {
+		c := h.rec.find(func(r *recorded) bool { return r.info.Local.String() == local })
+		return c != nil && h.rec.isClosed(c)
+	})
+	c := h.rec.find(func(r *recorded) bool { return r.info.Local.String() == local })
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	checkSegments(t, c, stream.Egress, big)
+	// The first bytes and the last bytes of the write are there; something
+	// in between was cut by the 16 KiB cap.
+	require.Greater(t, c.lost[0], uint64(0), "a 1 MiB write over a 16 KiB cap loses bytes")
+	first, last := c.segs[0][0], c.segs[0][len(c.segs[0])-1]
+	require.Equal(t, uint64(0), first.off)
+	require.Equal(t, uint64(len(big)), last.off+uint64(len(last.data)), "the tail of the write is captured")
+	cnt, err := h.cap.Counters()
+	require.NoError(t, err)
+	require.Greater(t, cnt[event.CaptureCounterCNT_TRUNCATED], uint64(0))
+	require.Greater(t, cnt[event.CaptureCounterCNT_TRUNCATED_BYTES], uint64(0))
+}
+
+func TestCaptureConnectionOpenedBeforeStart(t *testing.T) {
+	privileged.Require(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); accepted <- c }()
+	cl, err := net.Dial("tcp4", ln.Addr().String())
+	require.NoError(t, err)
+	defer cl.Close()
+	srv := <-accepted
+	require.NotNil(t, srv)
+	defer srv.Close()
+	// Traffic before capture starts is not seen.
+	_, err = cl.Write([]byte("before"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(srv, make([]byte, 6))
+	require.NoError(t, err)
+
+	h := start(t, testOptions(), true)
+	msg := []byte("after the receiver started")
+	_, err = cl.Write(msg)
+	require.NoError(t, err)
+	_, err = io.ReadFull(srv, make([]byte, len(msg)))
+	require.NoError(t, err)
+
+	local := cl.LocalAddr().String()
+	waitFor(t, "pre-existing client bytes", func() bool {
+		c := h.rec.find(func(r *recorded) bool { return r.info.Local.String() == local })
+		return c != nil && len(h.rec.snapshot(c, stream.Egress)) == len(msg)
+	})
+	c := h.rec.find(func(r *recorded) bool { return r.info.Local.String() == local })
+	require.Equal(t, msg, h.rec.snapshot(c, stream.Egress))
+	require.True(t, c.info.Preexisting)
+	require.Equal(t, stream.RoleClient, c.info.Role)
+	require.Equal(t, "capture.test", c.info.Comm)
+	s := h.rec.find(func(r *recorded) bool { return r.info.Remote.String() == local })
+	require.NotNil(t, s)
+	require.Equal(t, stream.RoleServer, s.info.Role, "the scan knows the listening port")
+	waitFor(t, "server bytes", func() bool { return len(h.rec.snapshot(s, stream.Ingress)) == len(msg) })
+}
+
+func TestCaptureTinyRingBufferCountsDrops(t *testing.T) {
+	opts := testOptions()
+	opts.RingBufferBytes = 4096 // one page, the smallest ring buffer
+	opts.WakeupBytes = 1 << 30
+	h := start(t, opts, false) // nobody reads while the traffic runs
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	payload := randBytes(t, 64<<10)
+	dial := func() (net.Conn, error) { return net.Dial("tcp4", ln.Addr().String()) }
+	cl, srv := exchange(t, ln, dial, plainWriteChunks(1024), payload, []byte("k"))
+	defer srv.Close()
+	local := cl.LocalAddr().String()
+
+	cnt, err := h.cap.Counters()
+	require.NoError(t, err)
+	require.Greater(t, cnt[event.CaptureCounterCNT_DROP_RINGBUF], uint64(0), "records that did not fit are counted")
+	require.Greater(t, cnt[event.CaptureCounterCNT_DROP_RINGBUF_BYTES], uint64(0))
+
+	// Reading starts late: what was kept arrives, the holes are reported as
+	// lost bytes, and capture goes on working.
+	h.run()
+	waitFor(t, "ring buffer drained", func() bool { return h.cap.RingBufferUsed() == 0 })
+	require.NoError(t, cl.Close())
+	waitFor(t, "close after drops", func() bool {
+		c := h.rec.find(func(r *recorded) bool { return r.info.Local.String() == local })
+		return c != nil && h.rec.isClosed(c)
+	})
+	c := h.rec.find(func(r *recorded) bool { return r.info.Local.String() == local })
+	h.rec.mu.Lock()
+	checkSegments(t, c, stream.Egress, payload)
+	require.Greater(t, c.lost[0], uint64(0))
+	h.rec.mu.Unlock()
+	require.Greater(t, h.asm.Stats.LostBytes.Load(), uint64(0))
+}
+
+func plainWriteChunks(n int) func(net.Conn, []byte) error {
+	return func(c net.Conn, b []byte) error {
+		for len(b) > 0 {
+			k := min(len(b), n)
+			if _, err := c.Write(b[:k]); err != nil {
+				return err
+			}
+			b = b[k:]
+		}
+		return nil
+	}
+}
+
+func TestCloseUnloadsEverything(t *testing.T) {
+	privileged.Require(t)
+	names := map[string]bool{}
+	spec, err := event.LoadCapture()
+	require.NoError(t, err)
+	for name := range spec.Programs {
+		names[name] = true
+	}
+	fdsBefore := openFDs(t)
+	for i := 0; i < 3; i++ {
+		c, err := Open(testOptions(), nil)
+		require.NoError(t, err)
+		require.NotEmpty(t, privileged.OurPrograms(t, names), "programs are loaded while open")
+		require.NoError(t, c.Close())
+		require.NoError(t, c.Close(), "Close is idempotent")
+	}
+	require.Empty(t, privileged.OurPrograms(t, names), "no capture program stays loaded after Close")
+	require.Equal(t, fdsBefore, openFDs(t), "no file descriptor leaks")
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	return len(ents)
 }
