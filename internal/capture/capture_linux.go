@@ -14,6 +14,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
 )
@@ -318,4 +319,33 @@ func (c *Capture) Close() error {
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr
+}
+
+// Forget removes a socket from the kernel table so that its traffic is no
+// longer captured (no parser wanted it).
+func (c *Capture) Forget(pid uint32, fd int32) {
+	key := event.CaptureSockKey{Tgid: pid, Fd: fd}
+	_ = c.objs.Sockets.Delete(&key)
+}
+
+// MonotonicNow is CLOCK_MONOTONIC in nanoseconds, the clock of
+// bpf_ktime_get_ns and so of every record's timestamp.
+func MonotonicNow() uint64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return uint64(ts.Nano())
+}
+
+// ProgramNames lists the kernel names of the capture programs (as the
+// kernel's program list shows them), for leak checks.
+func ProgramNames() (map[string]bool, error) {
+	spec, err := event.LoadCapture()
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for name := range spec.Programs {
+		names[name] = true
+	}
+	return names, nil
 }

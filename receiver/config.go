@@ -1,0 +1,162 @@
+package receiver
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/ebpfotel/ebpfreceiver/receiver/internal/metadata"
+)
+
+// Config is the receiver's configuration (`receivers: ebpf:` in YAML).
+type Config struct {
+	// Filter selects what is captured, in the kernel. All lists empty
+	// watches the whole host.
+	Filter FilterConfig `mapstructure:"filter"`
+	// Postgres turns PostgreSQL wire-protocol traffic into spans.
+	Postgres ProtocolConfig `mapstructure:"postgres"`
+	// GRPC turns gRPC over HTTP/2 into spans.
+	GRPC ProtocolConfig `mapstructure:"grpc"`
+	// MapPressure samples every eBPF map on the host.
+	MapPressure MapPressureConfig `mapstructure:"map_pressure"`
+	// Limits bound every table and buffer.
+	Limits LimitsConfig `mapstructure:"limits"`
+	// SelfMetricsInterval is how often the receiver's own counters
+	// (records, bytes, drops by reason, connections) are emitted.
+	SelfMetricsInterval time.Duration `mapstructure:"self_metrics_interval"`
+
+	metadata.MetricsBuilderConfig `mapstructure:",squash"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// FilterConfig lists what to watch. Non-empty lists combine with AND,
+// entries of one list with OR.
+type FilterConfig struct {
+	// Ports are TCP ports matched against the local or the remote end.
+	Ports []int `mapstructure:"ports"`
+	// PIDs are process ids (thread-group ids).
+	PIDs []int `mapstructure:"pids"`
+	// Cgroups are cgroup v2 directories (e.g. /sys/fs/cgroup/kubepods.slice/...);
+	// processes in them or below them match.
+	Cgroups []string `mapstructure:"cgroups"`
+	// Executables are process names as the kernel keeps them (comm, at
+	// most 15 bytes).
+	Executables []string `mapstructure:"executables"`
+}
+
+// ProtocolConfig switches a protocol handler.
+type ProtocolConfig struct {
+	Enabled bool `mapstructure:"enabled"`
+}
+
+// MapPressureConfig configures the eBPF map sampler.
+type MapPressureConfig struct {
+	Enabled            bool          `mapstructure:"enabled"`
+	CollectionInterval time.Duration `mapstructure:"collection_interval"`
+}
+
+// LimitsConfig bounds memory in the kernel and in the receiver.
+type LimitsConfig struct {
+	// MaxConnections is the capacity of the kernel socket table and of
+	// the receiver's connection table.
+	MaxConnections int `mapstructure:"max_connections"`
+	// CaptureBytes is the most payload captured per syscall. A larger
+	// read or write is captured head and tail (CaptureTailBytes of it from
+	// the tail) and the hole is counted.
+	CaptureBytes     int `mapstructure:"capture_bytes"`
+	CaptureTailBytes int `mapstructure:"capture_tail_bytes"`
+	// RingBufferBytes is the kernel-to-receiver ring buffer: a power of
+	// two, at least one page.
+	RingBufferBytes int `mapstructure:"ring_buffer_bytes"`
+	// RingBufferWakeupBytes: the kernel wakes the reader only when this many
+	// bytes wait; otherwise the reader polls every RingBufferPollInterval.
+	RingBufferWakeupBytes  int           `mapstructure:"ring_buffer_wakeup_bytes"`
+	RingBufferPollInterval time.Duration `mapstructure:"ring_buffer_poll_interval"`
+	// IdleTimeout forgets a connection with no traffic for this long
+	// (its close was not seen, or its process exited).
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+}
+
+// Bounds checked by Validate.
+const (
+	maxCgroups        = 16        // slots of the kernel's cgroup array
+	maxCommLen        = 15        // TASK_COMM_LEN - 1
+	maxCaptureBytes   = 256 << 10 // MAX_CAPTURE_BYTES in bpf/event.h
+	minRingBuffer     = 4096
+	maxRingBuffer     = 1 << 30
+	maxConnectionsCap = 1 << 22
+	maxFilterEntries  = 1024 // filter_pids / filter_ports map sizes
+	maxExecutables    = 256  // filter_comms map size
+)
+
+// Validate checks the configuration; every error names the field.
+func (cfg *Config) Validate() error {
+	var errs []error
+	f := cfg.Filter
+	if len(f.Ports) > maxFilterEntries {
+		errs = append(errs, fmt.Errorf("filter.ports: at most %d ports, got %d", maxFilterEntries, len(f.Ports)))
+	}
+	for _, p := range f.Ports {
+		if p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("filter.ports: %d is not a TCP port (1-65535)", p))
+		}
+	}
+	if len(f.PIDs) > maxFilterEntries {
+		errs = append(errs, fmt.Errorf("filter.pids: at most %d pids, got %d", maxFilterEntries, len(f.PIDs)))
+	}
+	for _, p := range f.PIDs {
+		if p < 1 || p > 1<<22 {
+			errs = append(errs, fmt.Errorf("filter.pids: %d is not a process id (1-%d)", p, 1<<22))
+		}
+	}
+	if len(f.Cgroups) > maxCgroups {
+		errs = append(errs, fmt.Errorf("filter.cgroups: at most %d cgroups, got %d", maxCgroups, len(f.Cgroups)))
+	}
+	for _, c := range f.Cgroups {
+		if !filepath.IsAbs(c) {
+			errs = append(errs, fmt.Errorf("filter.cgroups: %q must be an absolute cgroup v2 directory, e.g. /sys/fs/cgroup/system.slice/postgresql.service", c))
+		}
+	}
+	if len(f.Executables) > maxExecutables {
+		errs = append(errs, fmt.Errorf("filter.executables: at most %d names, got %d", maxExecutables, len(f.Executables)))
+	}
+	for _, e := range f.Executables {
+		if e == "" || len(e) > maxCommLen {
+			errs = append(errs, fmt.Errorf("filter.executables: %q must be 1 to %d bytes, the kernel's process name (comm) is cut there", e, maxCommLen))
+		}
+	}
+
+	l := cfg.Limits
+	if l.MaxConnections < 1 || l.MaxConnections > maxConnectionsCap {
+		errs = append(errs, fmt.Errorf("limits.max_connections: %d is outside 1-%d", l.MaxConnections, maxConnectionsCap))
+	}
+	if l.CaptureBytes < 64 || l.CaptureBytes > maxCaptureBytes {
+		errs = append(errs, fmt.Errorf("limits.capture_bytes: %d is outside 64-%d", l.CaptureBytes, maxCaptureBytes))
+	}
+	if l.CaptureTailBytes < 0 || l.CaptureTailBytes >= l.CaptureBytes {
+		errs = append(errs, fmt.Errorf("limits.capture_tail_bytes: %d must be at least 0 and less than limits.capture_bytes (%d)", l.CaptureTailBytes, l.CaptureBytes))
+	}
+	if l.RingBufferBytes < minRingBuffer || l.RingBufferBytes > maxRingBuffer || l.RingBufferBytes&(l.RingBufferBytes-1) != 0 {
+		errs = append(errs, fmt.Errorf("limits.ring_buffer_bytes: %d must be a power of two from %d to %d", l.RingBufferBytes, minRingBuffer, maxRingBuffer))
+	}
+	if l.RingBufferWakeupBytes < 0 || l.RingBufferWakeupBytes > l.RingBufferBytes {
+		errs = append(errs, fmt.Errorf("limits.ring_buffer_wakeup_bytes: %d must be from 0 to limits.ring_buffer_bytes (%d)", l.RingBufferWakeupBytes, l.RingBufferBytes))
+	}
+	if l.RingBufferPollInterval < time.Millisecond || l.RingBufferPollInterval > time.Second {
+		// cilium/ebpf turns a deadline under 1 ms into a zero epoll timeout.
+		errs = append(errs, fmt.Errorf("limits.ring_buffer_poll_interval: %s must be from 1ms to 1s", l.RingBufferPollInterval))
+	}
+	if l.IdleTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("limits.idle_timeout: %s must be at least 1s", l.IdleTimeout))
+	}
+	if cfg.MapPressure.Enabled && cfg.MapPressure.CollectionInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("map_pressure.collection_interval: %s must be at least 100ms", cfg.MapPressure.CollectionInterval))
+	}
+	if cfg.SelfMetricsInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("self_metrics_interval: %s must be at least 100ms", cfg.SelfMetricsInterval))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,53 @@
+package receiver
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/receiver"
+
+	"github.com/ebpfotel/ebpfreceiver/receiver/internal/metadata"
+)
+
+// NewFactory returns the factory of the `ebpf` receiver.
+func NewFactory() receiver.Factory {
+	return receiver.NewFactory(
+		metadata.Type,
+		createDefaultConfig,
+		receiver.WithTraces(createTraces, metadata.TracesStability),
+		receiver.WithMetrics(createMetrics, metadata.MetricsStability),
+	)
+}
+
+func createDefaultConfig() component.Config {
+	return &Config{
+		Postgres:    ProtocolConfig{Enabled: true},
+		GRPC:        ProtocolConfig{Enabled: true},
+		MapPressure: MapPressureConfig{Enabled: true, CollectionInterval: 10 * time.Second},
+		Limits: LimitsConfig{
+			MaxConnections:         65536,
+			CaptureBytes:           16384,
+			CaptureTailBytes:       4096,
+			RingBufferBytes:        8 << 20,
+			RingBufferWakeupBytes:  256 << 10,
+			RingBufferPollInterval: 10 * time.Millisecond,
+			IdleTimeout:            10 * time.Minute,
+		},
+		SelfMetricsInterval:  10 * time.Second,
+		MetricsBuilderConfig: metadata.NewDefaultMetricsBuilderConfig(),
+	}
+}
+
+func createTraces(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Traces) (receiver.Traces, error) {
+	r := instances.get(set, cfg.(*Config))
+	r.setTraces(next)
+	return r, nil
+}
+
+func createMetrics(_ context.Context, set receiver.Settings, cfg component.Config, next consumer.Metrics) (receiver.Metrics, error) {
+	r := instances.get(set, cfg.(*Config))
+	r.setMetrics(next)
+	return r, nil
+}
