@@ -287,6 +287,29 @@ static __always_inline bool read_tuple(struct sock *sk, struct conn_tuple *t)
 	return true;
 }
 
+// conn_nonce computes conn_event.nonce (see event.h).
+static __always_inline __u64 conn_nonce(struct sock *sk, __u16 family, __u8 role, __u64 inode)
+{
+	if (family == AF_UNIX) {
+		// The client's socket inode: at connect(2) the server's end is an
+		// embryo without a socket yet, while at accept(2) the peer of the
+		// accepted socket is the client's, which has its file already.
+		if (role == ROLE_CLIENT)
+			return inode;
+		struct sock *peer = BPF_CORE_READ((struct unix_sock *)sk, peer);
+		if (!peer)
+			return 0;
+		return BPF_CORE_READ(peer, sk_socket, file, f_inode, i_ino);
+	}
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	if (role == ROLE_CLIENT)
+		// connect(2) returns before the first write: write_seq is ISN + 1
+		// (the SYN took one sequence number).
+		return BPF_CORE_READ(tp, write_seq);
+	// rcv_nxt advanced by every payload byte received before accept(2).
+	return (__u32)(BPF_CORE_READ(tp, rcv_nxt) - (__u32)BPF_CORE_READ(tp, bytes_received));
+}
+
 // track enters a just connected or accepted socket into the table and
 // announces it to user space.
 static __always_inline void track(int fd, __u8 role)
@@ -336,6 +359,7 @@ static __always_inline void track(int fd, __u8 role)
 	e->conn_id = info.conn_id;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->inode = inode;
+	e->nonce = conn_nonce(sk, info.tuple.family, role, inode);
 	e->tuple = info.tuple;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (info.tuple.family == AF_UNIX)

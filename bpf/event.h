@@ -100,6 +100,11 @@ struct conn_event {
 	__u64 seq_egress;  // bytes written so far (close: final count)
 	__u64 seq_ingress; // bytes read so far (close: final count)
 	__u64 inode;       // socket inode, as in /proc/PID/fd -> socket:[inode]
+	// nonce names the connection identically at both of its ends, so spans
+	// of a client and a server on one host can be linked: for TCP the
+	// client's initial sequence number + 1, for Unix sockets the inode of
+	// the client's socket. 0 when unknown. Open only.
+	__u64 nonce;
 	struct conn_tuple tuple;
 	char comm[COMM_LEN];
 	char unix_path[UNIX_PATH_CAP]; // AF_UNIX path (open only); '@' first for abstract

@@ -502,3 +502,47 @@ func openFDs(t *testing.T) int {
 	require.NoError(t, err)
 	return len(ents)
 }
+
+func TestNonceMatchesAtBothEnds(t *testing.T) {
+	h := start(t, testOptions(), true)
+	sockDir := t.TempDir()
+	for _, network := range []string{"tcp4", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if network == "unix" {
+				addr = filepath.Join(sockDir, "n.sock")
+			}
+			ln, err := net.Listen(network, addr)
+			require.NoError(t, err)
+			defer ln.Close()
+			// The client writes before the server accepts: the server's
+			// nonce must not depend on bytes already received.
+			early := []byte("sent before accept")
+			cl, err := net.Dial(network, ln.Addr().String())
+			require.NoError(t, err)
+			defer cl.Close()
+			_, err = cl.Write(early)
+			require.NoError(t, err)
+			time.Sleep(20 * time.Millisecond)
+			srv, err := ln.Accept()
+			require.NoError(t, err)
+			defer srv.Close()
+			_, err = io.ReadFull(srv, make([]byte, len(early)))
+			require.NoError(t, err)
+			_, err = srv.Write([]byte("x"))
+			require.NoError(t, err)
+
+			byRole := func(role stream.Role) *recorded {
+				return h.rec.find(func(r *recorded) bool {
+					return r.info.Role == role && r.info.Transport == map[string]string{"tcp4": "tcp", "unix": "unix"}[network] &&
+						(network == "unix" || r.info.Local.String() == map[stream.Role]string{stream.RoleClient: cl.LocalAddr().String(), stream.RoleServer: srv.LocalAddr().String()}[role] &&
+							r.info.Remote.String() == map[stream.Role]string{stream.RoleClient: cl.RemoteAddr().String(), stream.RoleServer: srv.RemoteAddr().String()}[role])
+				})
+			}
+			waitFor(t, "both ends", func() bool { return byRole(stream.RoleClient) != nil && byRole(stream.RoleServer) != nil })
+			c, s := byRole(stream.RoleClient), byRole(stream.RoleServer)
+			require.NotZero(t, c.info.Nonce)
+			require.Equal(t, c.info.Nonce, s.info.Nonce, "client and server name the connection alike")
+		})
+	}
+}

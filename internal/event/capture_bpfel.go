@@ -40,6 +40,7 @@ type CaptureConnEvent struct {
 	SeqEgress  uint64
 	SeqIngress uint64
 	Inode      uint64
+	Nonce      uint64
 	Tuple      CaptureConnTuple
 	Comm       [16]int8
 	UnixPath   [64]int8

@@ -137,6 +137,7 @@ func (a *Assembler) open(ev *event.CaptureConnEvent) {
 	c := &conn{info: infoFrom(ev.ConnId, ev.Pid, ev.Fd, ev.Role, &ev.Tuple), lastSeen: ev.TsNs}
 	c.info.Comm = event.CString(ev.Comm[:])
 	c.info.UnixPath = event.CString(ev.UnixPath[:])
+	c.info.Nonce = ev.Nonce
 	if c.info.Preexisting {
 		// A socket found open at start-up: its stream offsets count from
 		// the first byte captured, not from the connection's start.

@@ -74,6 +74,11 @@ type ConnInfo struct {
 	// Preexisting marks a connection that was open before capture started:
 	// its beginning (handshakes, prepared statements, HPACK state) was missed.
 	Preexisting bool
+	// Nonce names the connection identically at both of its ends (the
+	// client's TCP initial sequence number + 1, or the client's socket
+	// inode of a Unix connection); 0 when unknown. With the tuple it lets a
+	// client span and a server span on one host find each other.
+	Nonce uint64
 	// TLS marks plaintext captured from a TLS library rather than the socket.
 	TLS bool
 }
