@@ -489,11 +489,12 @@ func TestCloseUnloadsEverything(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		c, err := Open(testOptions(), nil)
 		require.NoError(t, err)
-		require.NotEmpty(t, privileged.OurPrograms(t, names), "programs are loaded while open")
+		held := privileged.ProgramsHeldBySelf(t)
+		require.Len(t, held, len(names), "every capture program is loaded while open")
 		require.NoError(t, c.Close())
 		require.NoError(t, c.Close(), "Close is idempotent")
+		privileged.RequireUnloaded(t, held)
 	}
-	require.Empty(t, privileged.OurPrograms(t, names), "no capture program stays loaded after Close")
 	require.Equal(t, fdsBefore, openFDs(t), "no file descriptor leaks")
 }
 

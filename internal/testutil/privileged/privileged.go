@@ -4,7 +4,10 @@
 package privileged
 
 import (
+	"errors"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -27,26 +30,50 @@ func Require(t testing.TB) {
 	}
 }
 
-// OurPrograms lists the ids of loaded programs whose name is in names,
-// read from the kernel's program list (not from our own bookkeeping).
-func OurPrograms(t testing.TB, names map[string]bool) []ebpf.ProgramID {
+// ProgramsHeldBySelf returns the ids of the eBPF programs this process
+// holds open, as the kernel reports them in /proc/self/fdinfo. Tests of
+// several packages run at once, so programs are told apart by who holds
+// them, not by name.
+func ProgramsHeldBySelf(t testing.TB) []ebpf.ProgramID {
 	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("list /proc/self/fd: %v", err)
+	}
 	var ids []ebpf.ProgramID
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return ids
+	for _, e := range ents {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || target != "anon_inode:bpf-prog" {
+			continue
 		}
-		id = next
+		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				if id, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
+					ids = append(ids, ebpf.ProgramID(id))
+				}
+			}
+		}
+	}
+	return ids
+}
+
+// RequireUnloaded fails t if any of ids is still in the kernel's program
+// list (a program with no fd, link or pin left is freed by the kernel).
+func RequireUnloaded(t testing.TB, ids []ebpf.ProgramID) {
+	t.Helper()
+	for _, id := range ids {
 		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // unloaded in between
+		if err == nil {
+			p.Close()
+			t.Errorf("program %d is still loaded", id)
+			continue
 		}
-		info, err := p.Info()
-		p.Close()
-		if err == nil && names[info.Name] {
-			ids = append(ids, id)
+		if !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("look up program %d: %v", id, err)
 		}
 	}
 }
