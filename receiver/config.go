@@ -52,10 +52,21 @@ type ProtocolConfig struct {
 	Enabled bool `mapstructure:"enabled"`
 }
 
-// MapPressureConfig configures the eBPF map sampler.
+// MapPressureConfig configures the eBPF map sampler. Per-program run
+// statistics (ebpf.program.run.*) are collected when those metrics are
+// enabled under `metrics:`; that turns on the kernel's BPF statistics for
+// the whole host while the receiver runs.
 type MapPressureConfig struct {
 	Enabled            bool          `mapstructure:"enabled"`
 	CollectionInterval time.Duration `mapstructure:"collection_interval"`
+	// WarningThreshold and CriticalThreshold are utilization ratios; a map
+	// crossing one is logged once per crossing, not once per scrape.
+	WarningThreshold  float64 `mapstructure:"warning_threshold"`
+	CriticalThreshold float64 `mapstructure:"critical_threshold"`
+	// UserspaceCountMaxEntries applies on kernels without the
+	// bpf_map_sum_elem_count kfunc (< 6.6): hash maps up to this capacity
+	// are counted from user space, larger ones report capacity only.
+	UserspaceCountMaxEntries int `mapstructure:"userspace_count_max_entries"`
 }
 
 // LimitsConfig bounds memory in the kernel and in the receiver.
@@ -152,8 +163,19 @@ func (cfg *Config) Validate() error {
 	if l.IdleTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("limits.idle_timeout: %s must be at least 1s", l.IdleTimeout))
 	}
-	if cfg.MapPressure.Enabled && cfg.MapPressure.CollectionInterval < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("map_pressure.collection_interval: %s must be at least 100ms", cfg.MapPressure.CollectionInterval))
+	if mp := cfg.MapPressure; mp.Enabled {
+		if mp.CollectionInterval < 100*time.Millisecond {
+			errs = append(errs, fmt.Errorf("map_pressure.collection_interval: %s must be at least 100ms", mp.CollectionInterval))
+		}
+		if !(mp.WarningThreshold > 0 && mp.WarningThreshold <= 1) {
+			errs = append(errs, fmt.Errorf("map_pressure.warning_threshold: %g must be above 0 and at most 1", mp.WarningThreshold))
+		}
+		if !(mp.CriticalThreshold >= mp.WarningThreshold && mp.CriticalThreshold <= 1) {
+			errs = append(errs, fmt.Errorf("map_pressure.critical_threshold: %g must be from map_pressure.warning_threshold (%g) to 1", mp.CriticalThreshold, mp.WarningThreshold))
+		}
+		if mp.UserspaceCountMaxEntries < 0 {
+			errs = append(errs, fmt.Errorf("map_pressure.userspace_count_max_entries: %d must not be negative", mp.UserspaceCountMaxEntries))
+		}
 	}
 	if cfg.SelfMetricsInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("self_metrics_interval: %s must be at least 100ms", cfg.SelfMetricsInterval))

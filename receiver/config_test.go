@@ -26,6 +26,8 @@ func TestLoadConfig(t *testing.T) {
 	}
 	custom.GRPC.Enabled = false
 	custom.MapPressure.CollectionInterval = 30 * time.Second
+	custom.MapPressure.WarningThreshold = 0.6
+	custom.MapPressure.CriticalThreshold = 0.9
 	custom.Limits = LimitsConfig{
 		MaxConnections:         1000,
 		CaptureBytes:           8192,
@@ -92,6 +94,10 @@ func TestValidate(t *testing.T) {
 		{"idle too short", func(c *Config) { c.Limits.IdleTimeout = time.Millisecond }, "limits.idle_timeout"},
 		{"map interval too short", func(c *Config) { c.MapPressure.CollectionInterval = time.Millisecond }, "map_pressure.collection_interval"},
 		{"map interval ignored when off", func(c *Config) { c.MapPressure = MapPressureConfig{Enabled: false} }, ""},
+		{"warning above 1", func(c *Config) { c.MapPressure.WarningThreshold = 1.5 }, "map_pressure.warning_threshold"},
+		{"warning zero", func(c *Config) { c.MapPressure.WarningThreshold = 0 }, "map_pressure.warning_threshold"},
+		{"critical below warning", func(c *Config) { c.MapPressure.CriticalThreshold = 0.5 }, "map_pressure.critical_threshold"},
+		{"negative userspace count limit", func(c *Config) { c.MapPressure.UserspaceCountMaxEntries = -1 }, "map_pressure.userspace_count_max_entries"},
 		{"self metrics interval", func(c *Config) { c.SelfMetricsInterval = 0 }, "self_metrics_interval"},
 	}
 	for _, tt := range tests {

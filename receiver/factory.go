@@ -23,9 +23,15 @@ func NewFactory() receiver.Factory {
 
 func createDefaultConfig() component.Config {
 	return &Config{
-		Postgres:    ProtocolConfig{Enabled: true},
-		GRPC:        ProtocolConfig{Enabled: true},
-		MapPressure: MapPressureConfig{Enabled: true, CollectionInterval: 10 * time.Second},
+		Postgres: ProtocolConfig{Enabled: true},
+		GRPC:     ProtocolConfig{Enabled: true},
+		MapPressure: MapPressureConfig{
+			Enabled:                  true,
+			CollectionInterval:       10 * time.Second,
+			WarningThreshold:         0.7,
+			CriticalThreshold:        0.8,
+			UserspaceCountMaxEntries: 65536,
+		},
 		Limits: LimitsConfig{
 			MaxConnections:         65536,
 			CaptureBytes:           16384,

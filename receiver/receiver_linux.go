@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ebpfotel/ebpfreceiver/internal/capture"
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
+	"github.com/ebpfotel/ebpfreceiver/internal/mappressure"
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
 	"github.com/ebpfotel/ebpfreceiver/receiver/internal/metadata"
 )
@@ -38,6 +40,14 @@ type engine struct {
 	metrics consumer.Metrics
 	obsMet  *receiverhelper.ObsReport
 	mb      *metadata.MetricsBuilder
+
+	// Map pressure (nil when off or without a metrics pipeline).
+	sampler   *mappressure.Sampler
+	tracker   *mappressure.Tracker
+	samples   []mappressure.MapSample
+	crossings []mappressure.Crossing
+	progStats io.Closer // kernel-wide BPF statistics, while ebpf.program.run.* are on
+	programs  []mappressure.ProgramStats
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -80,6 +90,18 @@ func startEngine(_ context.Context, cfg *Config, set receiver.Settings, _ consum
 		e.mb = metadata.NewMetricsBuilder(cfg.MetricsBuilderConfig, set)
 	}
 
+	ok := false
+	defer func() {
+		if !ok {
+			_ = e.shutdown(context.Background())
+		}
+	}()
+	if metrics != nil && cfg.MapPressure.Enabled {
+		if err := e.startMapPressure(); err != nil {
+			return nil, err
+		}
+	}
+
 	opts := captureOptions(cfg)
 	c, err := capture.Open(opts, set.Logger)
 	if err != nil {
@@ -103,7 +125,44 @@ func startEngine(_ context.Context, cfg *Config, set receiver.Settings, _ consum
 		zap.Bool("whole_host", opts.Filter.Empty()),
 		zap.Int("ring_buffer_bytes", cfg.Limits.RingBufferBytes),
 		zap.Int("capture_bytes", cfg.Limits.CaptureBytes))
+	ok = true
 	return e, nil
+}
+
+// startMapPressure loads the map iterator and, when the program metrics
+// are on, turns on the kernel's BPF statistics.
+func (e *engine) startMapPressure() error {
+	mp := e.cfg.MapPressure
+	opts := mappressure.DefaultOptions()
+	opts.UserspaceCountMaxEntries = uint32(mp.UserspaceCountMaxEntries)
+	s, err := mappressure.New(opts)
+	if err != nil {
+		return fmt.Errorf("ebpf receiver: map_pressure: %w", err)
+	}
+	e.sampler = s
+	th := mappressure.DefaultThresholds()
+	th.Warning, th.Critical = mp.WarningThreshold, mp.CriticalThreshold
+	if th.Hysteresis >= th.Warning {
+		th.Hysteresis = th.Warning / 2
+	}
+	if e.tracker, err = mappressure.NewTracker(th); err != nil {
+		return fmt.Errorf("ebpf receiver: map_pressure thresholds: %w", err)
+	}
+	fields := []zap.Field{zap.String("mode", string(s.Mode()))}
+	if r := s.FallbackReason(); r != nil {
+		fields = append(fields, zap.NamedError("fallback_reason", r))
+	}
+	e.logger.Info("ebpf receiver: map pressure sampler loaded", fields...)
+	m := e.cfg.Metrics
+	if m.EbpfProgramRunCount.Enabled || m.EbpfProgramRunTime.Enabled {
+		closer, err := mappressure.EnableProgramStats()
+		if err != nil {
+			return fmt.Errorf("ebpf receiver: enable kernel BPF statistics for ebpf.program.run.* metrics: %w", err)
+		}
+		e.progStats = closer
+		e.logger.Info("ebpf receiver: kernel-wide BPF run statistics turned on for ebpf.program.run.* (they cost a little on every BPF program run)")
+	}
+	return nil
 }
 
 // detectors lists the protocol handlers switched on in the config.
@@ -141,14 +200,78 @@ func (e *engine) metricsLoop(ctx context.Context) {
 	defer e.wg.Done()
 	self := time.NewTicker(e.cfg.SelfMetricsInterval)
 	defer self.Stop()
+	var maps <-chan time.Time
+	if e.sampler != nil {
+		t := time.NewTicker(e.cfg.MapPressure.CollectionInterval)
+		defer t.Stop()
+		maps = t.C
+		e.emitMapPressure(ctx) // a first sample right away
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-self.C:
 			e.emitSelfMetrics(ctx)
+		case <-maps:
+			e.emitMapPressure(ctx)
 		}
 	}
+}
+
+// emitMapPressure samples every map on the host and records the gauges;
+// maps that disappeared are simply not in the sample any more.
+func (e *engine) emitMapPressure(ctx context.Context) {
+	var err error
+	e.samples, err = e.sampler.Sample(e.samples[:0])
+	if err != nil {
+		e.logger.Warn("ebpf receiver: sample eBPF maps", zap.Error(err))
+		return
+	}
+	now := pcommon.NewTimestampFromTime(time.Now())
+	mb := e.mb
+	for i := range e.samples {
+		s := &e.samples[i]
+		id, name, typ := int64(s.ID), s.Name, s.TypeName()
+		mb.RecordEbpfMapMaxEntriesDataPoint(now, int64(s.MaxEntries), id, name, typ)
+		if s.EntriesKnown {
+			mb.RecordEbpfMapEntriesDataPoint(now, int64(s.Entries), id, name, typ)
+		}
+		if s.UtilizationKnown {
+			mb.RecordEbpfMapUtilizationDataPoint(now, s.Utilization, id, name, typ)
+		}
+		source := metadata.AttributeEbpfMapMemorySourceEstimate
+		if s.MemorySource == mappressure.MemoryFdinfo {
+			source = metadata.AttributeEbpfMapMemorySourceFdinfo
+		}
+		mb.RecordEbpfMapMemoryDataPoint(now, int64(s.MemoryBytes), id, name, typ, source)
+		if s.RingbufKnown {
+			mb.RecordEbpfRingbufUsedDataPoint(now, int64(s.RingbufUsed), id, name, typ)
+			mb.RecordEbpfRingbufSizeDataPoint(now, int64(s.RingbufSize), id, name, typ)
+		}
+	}
+	e.crossings = e.tracker.Update(e.samples, e.crossings[:0])
+	for _, c := range e.crossings {
+		log := e.logger.Warn
+		if c.To < c.From {
+			log = e.logger.Info
+		}
+		log("ebpf receiver: eBPF map pressure level changed",
+			zap.Uint32("ebpf.map.id", c.ID), zap.String("ebpf.map.name", c.Name),
+			zap.String("ebpf.map.type", c.Type.String()),
+			zap.String("from", c.From.String()), zap.String("to", c.To.String()),
+			zap.Float64("utilization", c.Utilization))
+	}
+	if e.progStats != nil {
+		if e.programs, err = mappressure.SampleProgramStats(e.programs[:0]); err != nil {
+			e.logger.Warn("ebpf receiver: sample eBPF program statistics", zap.Error(err))
+		}
+		for _, p := range e.programs {
+			mb.RecordEbpfProgramRunCountDataPoint(now, int64(p.RunCount), int64(p.ID), p.Name, p.Type)
+			mb.RecordEbpfProgramRunTimeDataPoint(now, p.RunTime.Nanoseconds(), int64(p.ID), p.Name, p.Type)
+		}
+	}
+	e.consumeMetrics(ctx)
 }
 
 // emitSelfMetrics reports the kernel's and the assembler's counters.
@@ -217,9 +340,22 @@ func (e *engine) consumeMetrics(ctx context.Context) {
 // shutdown reverses startEngine: it detaches and unloads the programs
 // (interrupting the reader), waits for the goroutines, and closes parsers.
 func (e *engine) shutdown(context.Context) error {
-	e.cancel()
-	err := e.capture.Close()
+	var errs []error
+	if e.cancel != nil {
+		e.cancel()
+	}
+	if e.capture != nil {
+		errs = append(errs, e.capture.Close())
+	}
 	e.wg.Wait()
-	e.asm.CloseAll(capture.MonotonicNow())
-	return errors.Join(err, e.readerErr)
+	if e.asm != nil {
+		e.asm.CloseAll(capture.MonotonicNow())
+	}
+	if e.sampler != nil {
+		errs = append(errs, e.sampler.Close())
+	}
+	if e.progStats != nil {
+		errs = append(errs, e.progStats.Close())
+	}
+	return errors.Join(append(errs, e.readerErr)...)
 }
