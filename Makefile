@@ -86,7 +86,7 @@ vmlinux: ## regenerate bpf/headers/vmlinux.h from this kernel's BTF (opt-in)
 # ---------------------------------------------------------------- test and lint
 
 .PHONY: test
-test: ## go test -count=1 ./... (privileged tests run when root)
+test: otelcol ## build bin/otelcol-ebpf, then go test -count=1 ./... (privileged tests run when root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) $(PKGS)
 
 .PHONY: lint
