@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/cgroupv2"
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
 )
 
@@ -45,6 +46,8 @@ type Capture struct {
 	links    []link.Link
 	reader   *ringbuf.Reader
 	existing [][]byte // synthetic open records for sockets found at start
+	// cgroupRoot is the cgroup v2 mount, for the start-up scan's filter.
+	cgroupRoot string
 
 	closeOnce sync.Once
 	closeErr  error
@@ -121,6 +124,11 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 	// The scan runs after attaching: a socket opened in between is then seen
 	// by both, and the kernel's entry wins (the scan inserts with NOEXIST).
 	if opts.ScanExisting {
+		if len(opts.Filter.Cgroups) > 0 {
+			if c.cgroupRoot, err = cgroupv2.Root(); err != nil {
+				return nil, fmt.Errorf("filter.cgroups: %w", err)
+			}
+		}
 		n, err := c.seedExisting()
 		if err != nil {
 			return nil, err

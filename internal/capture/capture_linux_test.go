@@ -3,6 +3,7 @@
 package capture
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/cgroup"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
 )
 
@@ -546,4 +548,54 @@ func TestNonceMatchesAtBothEnds(t *testing.T) {
 			require.Equal(t, c.info.Nonce, s.info.Nonce, "client and server name the connection alike")
 		})
 	}
+}
+
+// The cgroup filter test runs this test binary again, inside a test cgroup,
+// as a client that sends a line to the address in its environment.
+const helperEnv = "EBPF_CAPTURE_TEST_CLIENT"
+
+func TestHelperClient(t *testing.T) {
+	addr := os.Getenv(helperEnv)
+	if addr == "" {
+		t.Skip("helper process only")
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		os.Exit(2)
+	}
+	if _, err := c.Write([]byte("from the cgroup\n")); err != nil {
+		os.Exit(3)
+	}
+	_, _ = io.ReadAll(c)
+	os.Exit(0)
+}
+
+func TestCaptureFilterByCgroup(t *testing.T) {
+	privileged.Require(t)
+	g := cgroup.New(t)
+	opts := testOptions()
+	opts.Filter = Filter{Cgroups: []string{g.Path}}
+	h := start(t, opts, true)
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	cmd := g.Command(os.Args[0], "-test.run=^TestHelperClient$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+ln.Addr().String())
+	require.NoError(t, cmd.Start())
+	srv, err := ln.Accept()
+	require.NoError(t, err)
+	got, err := bufio.NewReader(srv).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "from the cgroup\n", got)
+	srv.Close()
+	require.NoError(t, cmd.Wait())
+
+	child := uint32(cmd.Process.Pid)
+	waitFor(t, "the child's bytes", func() bool {
+		c := h.rec.find(func(r *recorded) bool { return r.info.PID == child })
+		return c != nil && string(h.rec.snapshot(c, stream.Egress)) == got
+	})
+	require.Nil(t, h.rec.find(func(r *recorded) bool { return r.info.PID == uint32(os.Getpid()) }),
+		"the test process is outside the cgroup: its accepted socket is not captured")
 }

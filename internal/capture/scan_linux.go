@@ -7,12 +7,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/cgroupv2"
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
 )
 
@@ -154,23 +154,15 @@ func (c *Capture) processMatches(pid int) bool {
 		}
 	}
 	if len(f.Cgroups) > 0 {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-		if err != nil {
+		cg, ok := cgroupv2.Of(pid)
+		if !ok || c.cgroupRoot == "" {
 			return false
 		}
-		// cgroup v2: one line "0::/path".
-		var cg string
-		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-			if strings.HasPrefix(line, "0::") {
-				cg = strings.TrimPrefix(line, "0::")
-			}
-		}
-		ok := false
+		in := false
 		for _, dir := range f.Cgroups {
-			rel := "/" + strings.TrimPrefix(strings.TrimPrefix(filepath.Clean(dir), "/sys/fs/cgroup"), "/")
-			ok = ok || cg == rel || strings.HasPrefix(cg, strings.TrimSuffix(rel, "/")+"/")
+			in = in || cgroupv2.Under(cg, c.cgroupRoot, dir)
 		}
-		if !ok {
+		if !in {
 			return false
 		}
 	}
