@@ -16,6 +16,10 @@ type Config struct {
 	// DetectBytes is how many bytes per direction protocol detection looks
 	// at before it gives a connection up.
 	DetectBytes int
+	// RequestIdleNs is passed to parsers that implement Expirer: a request
+	// with no traffic for this long ends incomplete. Zero leaves requests
+	// to the parsers' own bounds.
+	RequestIdleNs uint64
 }
 
 // Stats are the assembler's counters. Every loss has its own counter.
@@ -49,6 +53,9 @@ type Assembler struct {
 	ignore func(pid uint32, fd int32)
 
 	conns map[uint64]*conn
+	// ends counts the watched ends of each connection by role, so a server
+	// span can tell whether its client is watched too (see PeerObserved).
+	ends map[peerKey]*[3]int
 	// LRU list of connections by last activity, most recent at the front.
 	lru       conn
 	lastSweep uint64
@@ -85,7 +92,7 @@ func NewAssembler(cfg Config, detectors []Detector, ignore func(pid uint32, fd i
 	if cfg.DetectBytes <= 0 {
 		cfg.DetectBytes = 4096
 	}
-	a := &Assembler{cfg: cfg, detectors: detectors, ignore: ignore, conns: map[uint64]*conn{}}
+	a := &Assembler{cfg: cfg, detectors: detectors, ignore: ignore, conns: map[uint64]*conn{}, ends: map[peerKey]*[3]int{}}
 	a.lru.prev, a.lru.nextLRU = &a.lru, &a.lru
 	return a
 }
@@ -158,6 +165,52 @@ func (a *Assembler) insert(c *conn) {
 	a.conns[c.info.ID] = c
 	a.Stats.LiveConns.Add(1)
 	a.touch(c)
+	if k, ok := keyOf(&c.info); ok {
+		n := a.ends[k]
+		if n == nil {
+			n = new([3]int)
+			a.ends[k] = n
+		}
+		n[c.info.Role]++
+	}
+}
+
+// peerKey names a connection identically at its two ends.
+type peerKey struct {
+	transport string
+	nonce     uint64
+	a, b      string // the two endpoints, ordered
+}
+
+func keyOf(info *ConnInfo) (peerKey, bool) {
+	if info.Nonce == 0 || info.Role == RoleUnknown {
+		return peerKey{}, false
+	}
+	k := peerKey{transport: info.Transport, nonce: info.Nonce}
+	if info.Transport == "tcp" {
+		k.a, k.b = info.Local.String(), info.Remote.String()
+		if k.a > k.b {
+			k.a, k.b = k.b, k.a
+		}
+	}
+	return k, true
+}
+
+// PeerObserved reports whether the other end of conn (the same connection
+// seen from the peer process, with the opposite role) is watched too.
+func (a *Assembler) PeerObserved(info *ConnInfo) bool {
+	k, ok := keyOf(info)
+	if !ok {
+		return false
+	}
+	n := a.ends[k]
+	if n == nil {
+		return false
+	}
+	if info.Role == RoleClient {
+		return n[RoleServer] > 0
+	}
+	return n[RoleClient] > 0
 }
 
 func (a *Assembler) touch(c *conn) {
@@ -181,6 +234,14 @@ func (a *Assembler) finish(c *conn, ts uint64) {
 	c.prev, c.nextLRU = nil, nil
 	delete(a.conns, c.info.ID)
 	a.Stats.LiveConns.Add(-1)
+	if k, ok := keyOf(&c.info); ok {
+		if n := a.ends[k]; n != nil {
+			n[c.info.Role]--
+			if n[RoleClient] <= 0 && n[RoleServer] <= 0 {
+				delete(a.ends, k)
+			}
+		}
+	}
 }
 
 func (a *Assembler) close(ev *event.CaptureConnEvent) {
@@ -297,6 +358,13 @@ func (a *Assembler) Tick(now uint64) {
 		return
 	}
 	a.lastSweep = now
+	if a.cfg.RequestIdleNs > 0 {
+		for _, c := range a.conns {
+			if e, ok := c.parser.(Expirer); ok {
+				a.safely(c, func() { e.Expire(now, a.cfg.RequestIdleNs) })
+			}
+		}
+	}
 	if a.cfg.IdleTimeoutNs == 0 {
 		return
 	}

@@ -222,3 +222,58 @@ func FuzzAssembler(f *testing.F) {
 		}
 	})
 }
+
+func TestPeerObserved(t *testing.T) {
+	d := &fakeDetector{accept: func(Direction, []byte) bool { return true }, conns: map[uint64]*fedConn{}}
+	a := NewAssembler(Config{}, []Detector{d}, nil)
+	client := event.CaptureConnEvent{Type: event.TypeConnOpen, Role: 1, Pid: 1, Fd: 3, ConnId: 1, Nonce: 99}
+	client.Tuple.Family = event.AFInet
+	copy(client.Tuple.Saddr[:], []byte{127, 0, 0, 1})
+	copy(client.Tuple.Daddr[:], []byte{127, 0, 0, 1})
+	client.Tuple.Sport, client.Tuple.Dport = 40000, 5432
+	server := client
+	server.Role, server.Pid, server.ConnId = 2, 2, 2
+	server.Tuple.Sport, server.Tuple.Dport = 5432, 40000
+
+	a.Record(event.EncodeConn(&client))
+	a.Record(dataRec(1, Egress, 0, "q"))
+	require.False(t, a.PeerObserved(&d.conns[1].info), "only the client end is watched")
+	a.Record(event.EncodeConn(&server))
+	a.Record(dataRec(2, Ingress, 0, "q"))
+	require.True(t, a.PeerObserved(&d.conns[1].info))
+	require.True(t, a.PeerObserved(&d.conns[2].info))
+
+	other := d.conns[2].info
+	other.Nonce = 100 // another connection that reused the ports
+	require.False(t, a.PeerObserved(&other))
+
+	close := server
+	close.Type = event.TypeConnClose
+	a.Record(event.EncodeConn(&close))
+	require.False(t, a.PeerObserved(&d.conns[1].info), "the server end closed")
+	require.Empty(t, a.ends[peerKey{}])
+}
+
+type expiring struct {
+	fedConn
+	expired []uint64
+}
+
+func (e *expiring) Expire(now, idle uint64) { e.expired = append(e.expired, now-idle) }
+
+type expiringDetector struct{ p *expiring }
+
+func (d expiringDetector) Name() string                             { return "expiring" }
+func (d expiringDetector) Detect(*ConnInfo, Direction, []byte) bool { return true }
+func (d expiringDetector) New(*ConnInfo) Parser                     { return d.p }
+
+func TestTickExpiresRequests(t *testing.T) {
+	p := &expiring{}
+	a := NewAssembler(Config{RequestIdleNs: 3e9}, []Detector{expiringDetector{p}}, nil)
+	a.Record(openRec(1, 1, 0, 0, event.TypeConnOpen))
+	a.Record(dataRec(1, Egress, 0, "req"))
+	a.Tick(5e9)
+	a.Tick(5.5e9) // within a second of the last sweep: no work
+	a.Tick(7e9)
+	require.Equal(t, []uint64{2e9, 4e9}, p.expired)
+}

@@ -111,3 +111,13 @@ type Detector interface {
 	// returned true, and is then fed the same bytes that were detected.
 	New(conn *ConnInfo) Parser
 }
+
+// Expirer is implemented by parsers that keep requests waiting for their
+// answers. The assembler calls Expire about once a second, so that a
+// request whose answer never comes (the peer was killed, the answer was
+// lost) ends, as an incomplete record, even on a connection that went
+// silent: Expire ends the requests that saw no traffic for idle nanoseconds
+// before now (kernel CLOCK_MONOTONIC).
+type Expirer interface {
+	Expire(now, idle uint64)
+}
