@@ -15,9 +15,11 @@ type Config struct {
 	// watches the whole host.
 	Filter FilterConfig `mapstructure:"filter"`
 	// Postgres turns PostgreSQL wire-protocol traffic into spans.
-	Postgres ProtocolConfig `mapstructure:"postgres"`
+	Postgres PostgresConfig `mapstructure:"postgres"`
 	// GRPC turns gRPC over HTTP/2 into spans.
-	GRPC ProtocolConfig `mapstructure:"grpc"`
+	GRPC GRPCConfig `mapstructure:"grpc"`
+	// Resource shapes the resource attributes of spans.
+	Resource ResourceConfig `mapstructure:"resource"`
 	// MapPressure samples every eBPF map on the host.
 	MapPressure MapPressureConfig `mapstructure:"map_pressure"`
 	// Limits bound every table and buffer.
@@ -47,9 +49,31 @@ type FilterConfig struct {
 	Executables []string `mapstructure:"executables"`
 }
 
-// ProtocolConfig switches a protocol handler.
-type ProtocolConfig struct {
+// PostgresConfig configures PostgreSQL spans.
+type PostgresConfig struct {
 	Enabled bool `mapstructure:"enabled"`
+	// QueryText is what db.query.text holds: "obfuscated" (literals
+	// replaced by ?), "raw" (as sent: may hold secrets) or "off".
+	QueryText string `mapstructure:"query_text"`
+	// SpanKinds lists which ends emit spans: "client" (from the process
+	// that sent the query), "server" (from the PostgreSQL backend).
+	SpanKinds []string `mapstructure:"span_kinds"`
+}
+
+// GRPCConfig configures gRPC spans.
+type GRPCConfig struct {
+	Enabled bool `mapstructure:"enabled"`
+	// LegacyAttributes also emits rpc.system, rpc.service and
+	// rpc.grpc.status_code for backends that expect the older conventions.
+	LegacyAttributes bool `mapstructure:"legacy_attributes"`
+	// SpanKinds lists which ends emit spans: "client", "server".
+	SpanKinds []string `mapstructure:"span_kinds"`
+}
+
+// ResourceConfig shapes resource attributes.
+type ResourceConfig struct {
+	// CommandLine adds process.command_line (arguments can hold secrets).
+	CommandLine bool `mapstructure:"command_line"`
 }
 
 // MapPressureConfig configures the eBPF map sampler. Per-program run
@@ -89,6 +113,9 @@ type LimitsConfig struct {
 	// IdleTimeout forgets a connection with no traffic for this long
 	// (its close was not seen, or its process exited).
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
+	// RequestIdleTimeout ends a request (query, gRPC stream) that saw no
+	// traffic for this long as an incomplete span: its answer never came.
+	RequestIdleTimeout time.Duration `mapstructure:"request_idle_timeout"`
 }
 
 // Bounds checked by Validate.
@@ -163,6 +190,16 @@ func (cfg *Config) Validate() error {
 	if l.IdleTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("limits.idle_timeout: %s must be at least 1s", l.IdleTimeout))
 	}
+	if l.RequestIdleTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("limits.request_idle_timeout: %s must be at least 1s", l.RequestIdleTimeout))
+	}
+	switch cfg.Postgres.QueryText {
+	case "obfuscated", "raw", "off":
+	default:
+		errs = append(errs, fmt.Errorf("postgres.query_text: %q must be obfuscated, raw or off", cfg.Postgres.QueryText))
+	}
+	errs = append(errs, validateKinds("postgres.span_kinds", cfg.Postgres.Enabled, cfg.Postgres.SpanKinds)...)
+	errs = append(errs, validateKinds("grpc.span_kinds", cfg.GRPC.Enabled, cfg.GRPC.SpanKinds)...)
 	if mp := cfg.MapPressure; mp.Enabled {
 		if mp.CollectionInterval < 100*time.Millisecond {
 			errs = append(errs, fmt.Errorf("map_pressure.collection_interval: %s must be at least 100ms", mp.CollectionInterval))
@@ -181,4 +218,17 @@ func (cfg *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("self_metrics_interval: %s must be at least 100ms", cfg.SelfMetricsInterval))
 	}
 	return errors.Join(errs...)
+}
+
+func validateKinds(field string, enabled bool, kinds []string) []error {
+	var errs []error
+	for _, k := range kinds {
+		if k != "client" && k != "server" {
+			errs = append(errs, fmt.Errorf("%s: %q must be client or server", field, k))
+		}
+	}
+	if enabled && len(kinds) == 0 {
+		errs = append(errs, fmt.Errorf("%s: list client, server or both (or disable the protocol)", field))
+	}
+	return errs
 }

@@ -36,7 +36,12 @@ func TestLoadConfig(t *testing.T) {
 		RingBufferWakeupBytes:  64 << 10,
 		RingBufferPollInterval: 5 * time.Millisecond,
 		IdleTimeout:            2 * time.Minute,
+		RequestIdleTimeout:     time.Minute,
 	}
+	custom.Postgres.QueryText = "raw"
+	custom.Postgres.SpanKinds = []string{"server"}
+	custom.GRPC.LegacyAttributes = true
+	custom.Resource.CommandLine = false
 	custom.SelfMetricsInterval = 15 * time.Second
 	custom.Metrics.EbpfProgramRunCount.Enabled = true
 
@@ -60,6 +65,7 @@ func TestLoadConfig(t *testing.T) {
 			require.Equal(t, want.Filter, got.Filter)
 			require.Equal(t, want.Postgres, got.Postgres)
 			require.Equal(t, want.GRPC, got.GRPC)
+			require.Equal(t, want.Resource, got.Resource)
 			require.Equal(t, want.MapPressure, got.MapPressure)
 			require.Equal(t, want.Limits, got.Limits)
 			require.Equal(t, want.SelfMetricsInterval, got.SelfMetricsInterval)
@@ -99,6 +105,11 @@ func TestValidate(t *testing.T) {
 		{"critical below warning", func(c *Config) { c.MapPressure.CriticalThreshold = 0.5 }, "map_pressure.critical_threshold"},
 		{"negative userspace count limit", func(c *Config) { c.MapPressure.UserspaceCountMaxEntries = -1 }, "map_pressure.userspace_count_max_entries"},
 		{"self metrics interval", func(c *Config) { c.SelfMetricsInterval = 0 }, "self_metrics_interval"},
+		{"request idle too short", func(c *Config) { c.Limits.RequestIdleTimeout = 0 }, "limits.request_idle_timeout"},
+		{"query text mode", func(c *Config) { c.Postgres.QueryText = "masked" }, "postgres.query_text: \"masked\""},
+		{"span kind", func(c *Config) { c.GRPC.SpanKinds = []string{"producer"} }, "grpc.span_kinds: \"producer\""},
+		{"no span kinds", func(c *Config) { c.Postgres.SpanKinds = nil }, "postgres.span_kinds: list client"},
+		{"no span kinds when off", func(c *Config) { c.Postgres.SpanKinds, c.Postgres.Enabled = nil, false }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

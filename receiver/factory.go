@@ -23,8 +23,9 @@ func NewFactory() receiver.Factory {
 
 func createDefaultConfig() component.Config {
 	return &Config{
-		Postgres: ProtocolConfig{Enabled: true},
-		GRPC:     ProtocolConfig{Enabled: true},
+		Postgres: PostgresConfig{Enabled: true, QueryText: "obfuscated", SpanKinds: []string{"client", "server"}},
+		GRPC:     GRPCConfig{Enabled: true, SpanKinds: []string{"client", "server"}},
+		Resource: ResourceConfig{CommandLine: true},
 		MapPressure: MapPressureConfig{
 			Enabled:                  true,
 			CollectionInterval:       10 * time.Second,
@@ -40,6 +41,7 @@ func createDefaultConfig() component.Config {
 			RingBufferWakeupBytes:  256 << 10,
 			RingBufferPollInterval: 10 * time.Millisecond,
 			IdleTimeout:            10 * time.Minute,
+			RequestIdleTimeout:     5 * time.Minute,
 		},
 		SelfMetricsInterval:  10 * time.Second,
 		MetricsBuilderConfig: metadata.NewDefaultMetricsBuilderConfig(),

@@ -70,6 +70,11 @@ func TestMapPressureGaugesAndCrossings(t *testing.T) {
 	for k := uint32(0); k < 8; k++ {
 		require.NoError(t, m.Put(k, k))
 	}
+	// A second map keeps the host from having no map at all once the first
+	// is deleted (a scrape of no maps emits nothing).
+	witness, err := ebpf.NewMap(&ebpf.MapSpec{Name: "rcv_witness", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	require.NoError(t, err)
+	defer witness.Close()
 
 	core, logs := observer.New(zapcore.InfoLevel)
 	set := receivertest.NewNopSettings(metadata.Type)

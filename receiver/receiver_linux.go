@@ -36,6 +36,7 @@ type engine struct {
 
 	capture *capture.Capture
 	asm     *stream.Assembler
+	tracer  *tracer // nil without a traces pipeline or with no protocol on
 
 	metrics consumer.Metrics
 	obsMet  *receiverhelper.ObsReport
@@ -51,6 +52,8 @@ type engine struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// readerDone is closed when the ring-buffer reader has returned.
+	readerDone chan struct{}
 
 	readerErr error
 }
@@ -77,7 +80,7 @@ func captureOptions(cfg *Config) capture.Options {
 	}
 }
 
-func startEngine(_ context.Context, cfg *Config, set receiver.Settings, _ consumer.Traces, metrics consumer.Metrics) (*engine, error) {
+func startEngine(_ context.Context, cfg *Config, set receiver.Settings, traces consumer.Traces, metrics consumer.Metrics) (*engine, error) {
 	e := &engine{cfg: cfg, logger: set.Logger, metrics: metrics}
 	if metrics != nil {
 		obs, err := receiverhelper.NewObsReport(receiverhelper.ObsReportSettings{
@@ -102,31 +105,57 @@ func startEngine(_ context.Context, cfg *Config, set receiver.Settings, _ consum
 		}
 	}
 
+	// Socket capture runs only when spans are wanted: its programs see
+	// every read and write on the host.
+	if traces != nil && (cfg.Postgres.Enabled || cfg.GRPC.Enabled) {
+		obs, err := receiverhelper.NewObsReport(receiverhelper.ObsReportSettings{
+			ReceiverID: set.ID, Transport: transport, ReceiverCreateSettings: set,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("ebpf receiver: obsreport: %w", err)
+		}
+		e.tracer = newTracer(cfg, set.Logger, traces, obs, set.BuildInfo.Version)
+		if err := e.startCapture(); err != nil {
+			return nil, err
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	if e.capture != nil {
+		e.readerDone = make(chan struct{})
+		e.wg.Add(1)
+		go e.read()
+		go e.tracer.export()
+	}
+	if metrics != nil {
+		e.wg.Add(1)
+		go e.metricsLoop(ctx)
+	}
+	ok = true
+	return e, nil
+}
+
+func (e *engine) startCapture() error {
+	cfg := e.cfg
 	opts := captureOptions(cfg)
-	c, err := capture.Open(opts, set.Logger)
+	c, err := capture.Open(opts, e.logger)
 	if err != nil {
-		return nil, fmt.Errorf("ebpf receiver: %w", err)
+		return fmt.Errorf("ebpf receiver: %w", err)
 	}
 	e.capture = c
 	e.asm = stream.NewAssembler(stream.Config{
 		MaxConnections: cfg.Limits.MaxConnections,
 		IdleTimeoutNs:  uint64(cfg.Limits.IdleTimeout),
-	}, e.detectors(), c.Forget)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	e.wg.Add(1)
-	go e.read()
-	if metrics != nil {
-		e.wg.Add(1)
-		go e.metricsLoop(ctx)
-	}
-	set.Logger.Info("ebpf receiver started",
+		RequestIdleNs:  uint64(cfg.Limits.RequestIdleTimeout),
+	}, e.tracer.detectors(), c.Forget)
+	e.tracer.asm = e.asm
+	e.logger.Info("ebpf receiver: capture started",
 		zap.Bool("whole_host", opts.Filter.Empty()),
+		zap.Bool("postgres", cfg.Postgres.Enabled), zap.Bool("grpc", cfg.GRPC.Enabled),
 		zap.Int("ring_buffer_bytes", cfg.Limits.RingBufferBytes),
 		zap.Int("capture_bytes", cfg.Limits.CaptureBytes))
-	ok = true
-	return e, nil
+	return nil
 }
 
 // startMapPressure loads the map iterator and, when the program metrics
@@ -165,11 +194,6 @@ func (e *engine) startMapPressure() error {
 	return nil
 }
 
-// detectors lists the protocol handlers switched on in the config.
-func (e *engine) detectors() []stream.Detector {
-	return nil
-}
-
 // readerSink is the ring-buffer reader's view of the engine.
 type readerSink struct {
 	e         *engine
@@ -180,6 +204,7 @@ func (s *readerSink) Record(raw []byte) { s.e.asm.Record(raw) }
 
 func (s *readerSink) Tick(now time.Time) {
 	s.e.asm.Tick(capture.MonotonicNow())
+	s.e.tracer.maybeFlush(now)
 	// Processes that exit close their sockets without close(2): drop their
 	// kernel table entries now and then.
 	if now.Sub(s.lastSweep) >= 30*time.Second {
@@ -190,6 +215,7 @@ func (s *readerSink) Tick(now time.Time) {
 
 func (e *engine) read() {
 	defer e.wg.Done()
+	defer close(e.readerDone)
 	if err := e.capture.Run(&readerSink{e: e, lastSweep: time.Now()}); err != nil {
 		e.readerErr = err
 		e.logger.Error("ebpf receiver: ring buffer reader stopped", zap.Error(err))
@@ -212,7 +238,9 @@ func (e *engine) metricsLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-self.C:
-			e.emitSelfMetrics(ctx)
+			if e.capture != nil {
+				e.emitSelfMetrics(ctx)
+			}
 		case <-maps:
 			e.emitMapPressure(ctx)
 		}
@@ -298,6 +326,7 @@ func (e *engine) emitSelfMetrics(ctx context.Context) {
 		{int64(s.OutOfOrder.Load()), metadata.AttributeReasonOutOfOrder},
 		{int64(s.DecodeErrors.Load() + s.UnknownRecords.Load()), metadata.AttributeReasonDecodeError},
 		{int64(s.ParserPanics.Load()), metadata.AttributeReasonParserPanic},
+		{int64(e.tracer.dropped.Load()), metadata.AttributeReasonExportQueueFull},
 	}
 	for _, d := range drops {
 		mb.RecordEbpfCaptureDropsDataPoint(now, d.v, d.r)
@@ -320,6 +349,7 @@ func (e *engine) emitSelfMetrics(ctx context.Context) {
 		mb.RecordEbpfCaptureConnectionsEndedDataPoint(now, d.v, d.r)
 	}
 	mb.RecordEbpfCaptureRingbufUsedDataPoint(now, int64(e.capture.RingBufferUsed()))
+	e.tracer.recordParserEvents(mb, now)
 	e.consumeMetrics(ctx)
 }
 
@@ -347,10 +377,16 @@ func (e *engine) shutdown(context.Context) error {
 	if e.capture != nil {
 		errs = append(errs, e.capture.Close())
 	}
-	e.wg.Wait()
-	if e.asm != nil {
+	if e.capture != nil {
+		// The reader has returned once wg.Wait does not block on it; the
+		// export goroutine ends when the tracer's queue is closed.
+		if e.readerDone != nil {
+			<-e.readerDone
+		}
 		e.asm.CloseAll(capture.MonotonicNow())
+		e.tracer.stop()
 	}
+	e.wg.Wait()
 	if e.sampler != nil {
 		errs = append(errs, e.sampler.Close())
 	}

@@ -202,7 +202,7 @@ func TestStartFailsClearlyOnABadCgroup(t *testing.T) {
 	cfg.Filter.Cgroups = []string{"/sys/fs/cgroup/does-not-exist-ebpf-test"}
 	cfg.MapPressure.Enabled = false
 	set := receivertest.NewNopSettings(metadata.Type)
-	r, err := NewFactory().CreateMetrics(context.Background(), set, cfg, consumertest.NewNop())
+	r, err := NewFactory().CreateTraces(context.Background(), set, cfg, consumertest.NewNop())
 	require.NoError(t, err)
 	err = r.Start(context.Background(), componenttest.NewNopHost())
 	require.ErrorContains(t, err, "filter.cgroups")

@@ -533,6 +533,55 @@ func (ms *EbpfProgramRunTimeMetricConfig) Validate() error {
 	return nil
 }
 
+// EbpfProtocolParserEventsMetricAttributeKey specifies the key of an attribute for the ebpf.protocol.parser.events metric.
+type EbpfProtocolParserEventsMetricAttributeKey string
+
+const (
+	EbpfProtocolParserEventsMetricAttributeKeyProtocol EbpfProtocolParserEventsMetricAttributeKey = "protocol"
+	EbpfProtocolParserEventsMetricAttributeKeyEvent    EbpfProtocolParserEventsMetricAttributeKey = "event"
+)
+
+// EbpfProtocolParserEventsMetricConfig provides config for the ebpf.protocol.parser.events metric.
+type EbpfProtocolParserEventsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+
+	AggregationStrategy string                                       `mapstructure:"aggregation_strategy"`
+	EnabledAttributes   []EbpfProtocolParserEventsMetricAttributeKey `mapstructure:"attributes"`
+}
+
+func (ms *EbpfProtocolParserEventsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+func (ms *EbpfProtocolParserEventsMetricConfig) Validate() error {
+	for _, val := range ms.EnabledAttributes {
+		switch val {
+		case EbpfProtocolParserEventsMetricAttributeKeyProtocol, EbpfProtocolParserEventsMetricAttributeKeyEvent:
+		default:
+			return fmt.Errorf("metric ebpf.protocol.parser.events doesn't have an attribute %v, valid attributes: [protocol, event]", val)
+		}
+	}
+
+	switch ms.AggregationStrategy {
+	case AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax:
+	default:
+		return fmt.Errorf("invalid aggregation strategy %q, valid strategies: [%s, %s, %s, %s]", ms.AggregationStrategy, AggregationStrategySum, AggregationStrategyAvg, AggregationStrategyMin, AggregationStrategyMax)
+	}
+
+	return nil
+}
+
 // EbpfRingbufSizeMetricAttributeKey specifies the key of an attribute for the ebpf.ringbuf.size metric.
 type EbpfRingbufSizeMetricAttributeKey string
 
@@ -648,6 +697,7 @@ type MetricsConfig struct {
 	EbpfMapUtilization          EbpfMapUtilizationMetricConfig          `mapstructure:"ebpf.map.utilization"`
 	EbpfProgramRunCount         EbpfProgramRunCountMetricConfig         `mapstructure:"ebpf.program.run.count"`
 	EbpfProgramRunTime          EbpfProgramRunTimeMetricConfig          `mapstructure:"ebpf.program.run.time"`
+	EbpfProtocolParserEvents    EbpfProtocolParserEventsMetricConfig    `mapstructure:"ebpf.protocol.parser.events"`
 	EbpfRingbufSize             EbpfRingbufSizeMetricConfig             `mapstructure:"ebpf.ringbuf.size"`
 	EbpfRingbufUsed             EbpfRingbufUsedMetricConfig             `mapstructure:"ebpf.ringbuf.used"`
 }
@@ -710,6 +760,11 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled:             false,
 			AggregationStrategy: AggregationStrategySum,
 			EnabledAttributes:   []EbpfProgramRunTimeMetricAttributeKey{EbpfProgramRunTimeMetricAttributeKeyEbpfProgramID, EbpfProgramRunTimeMetricAttributeKeyEbpfProgramName, EbpfProgramRunTimeMetricAttributeKeyEbpfProgramType},
+		},
+		EbpfProtocolParserEvents: EbpfProtocolParserEventsMetricConfig{
+			Enabled:             true,
+			AggregationStrategy: AggregationStrategySum,
+			EnabledAttributes:   []EbpfProtocolParserEventsMetricAttributeKey{EbpfProtocolParserEventsMetricAttributeKeyProtocol, EbpfProtocolParserEventsMetricAttributeKeyEvent},
 		},
 		EbpfRingbufSize: EbpfRingbufSizeMetricConfig{
 			Enabled:             true,

@@ -83,6 +83,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []EbpfProgramRunTimeMetricAttributeKey{EbpfProgramRunTimeMetricAttributeKeyEbpfProgramID, EbpfProgramRunTimeMetricAttributeKeyEbpfProgramName, EbpfProgramRunTimeMetricAttributeKeyEbpfProgramType},
 					},
+					EbpfProtocolParserEvents: EbpfProtocolParserEventsMetricConfig{
+						Enabled:             true,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []EbpfProtocolParserEventsMetricAttributeKey{EbpfProtocolParserEventsMetricAttributeKeyProtocol, EbpfProtocolParserEventsMetricAttributeKeyEvent},
+					},
 					EbpfRingbufSize: EbpfRingbufSizeMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategyAvg,
@@ -157,6 +162,11 @@ func TestMetricsBuilderConfig(t *testing.T) {
 						AggregationStrategy: AggregationStrategySum,
 						EnabledAttributes:   []EbpfProgramRunTimeMetricAttributeKey{EbpfProgramRunTimeMetricAttributeKeyEbpfProgramID, EbpfProgramRunTimeMetricAttributeKeyEbpfProgramName, EbpfProgramRunTimeMetricAttributeKeyEbpfProgramType},
 					},
+					EbpfProtocolParserEvents: EbpfProtocolParserEventsMetricConfig{
+						Enabled:             false,
+						AggregationStrategy: AggregationStrategySum,
+						EnabledAttributes:   []EbpfProtocolParserEventsMetricAttributeKey{EbpfProtocolParserEventsMetricAttributeKeyProtocol, EbpfProtocolParserEventsMetricAttributeKeyEvent},
+					},
 					EbpfRingbufSize: EbpfRingbufSizeMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategyAvg,
@@ -174,7 +184,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(EbpfCaptureBytesMetricConfig{}, EbpfCaptureConnectionsMetricConfig{}, EbpfCaptureConnectionsEndedMetricConfig{}, EbpfCaptureDropsMetricConfig{}, EbpfCaptureLostBytesMetricConfig{}, EbpfCaptureRecordsMetricConfig{}, EbpfCaptureRingbufUsedMetricConfig{}, EbpfMapEntriesMetricConfig{}, EbpfMapMaxEntriesMetricConfig{}, EbpfMapMemoryMetricConfig{}, EbpfMapUtilizationMetricConfig{}, EbpfProgramRunCountMetricConfig{}, EbpfProgramRunTimeMetricConfig{}, EbpfRingbufSizeMetricConfig{}, EbpfRingbufUsedMetricConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(EbpfCaptureBytesMetricConfig{}, EbpfCaptureConnectionsMetricConfig{}, EbpfCaptureConnectionsEndedMetricConfig{}, EbpfCaptureDropsMetricConfig{}, EbpfCaptureLostBytesMetricConfig{}, EbpfCaptureRecordsMetricConfig{}, EbpfCaptureRingbufUsedMetricConfig{}, EbpfMapEntriesMetricConfig{}, EbpfMapMaxEntriesMetricConfig{}, EbpfMapMemoryMetricConfig{}, EbpfMapUtilizationMetricConfig{}, EbpfProgramRunCountMetricConfig{}, EbpfProgramRunTimeMetricConfig{}, EbpfProtocolParserEventsMetricConfig{}, EbpfRingbufSizeMetricConfig{}, EbpfRingbufUsedMetricConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}
@@ -284,6 +294,18 @@ func TestEbpfProgramRunTimeMetricsConfig_Validate(t *testing.T) {
 	require.ErrorContains(t, cfg.Validate(), "metric ebpf.program.run.time doesn't have an attribute invalid, valid attributes: [ebpf.program.id, ebpf.program.name, ebpf.program.type]")
 
 	cfg = DefaultMetricsConfig().EbpfProgramRunTime
+	cfg.AggregationStrategy = "invalid"
+	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
+}
+
+func TestEbpfProtocolParserEventsMetricsConfig_Validate(t *testing.T) {
+	cfg := DefaultMetricsConfig().EbpfProtocolParserEvents
+	require.NoError(t, cfg.Validate())
+
+	cfg.EnabledAttributes = []EbpfProtocolParserEventsMetricAttributeKey{"invalid"}
+	require.ErrorContains(t, cfg.Validate(), "metric ebpf.protocol.parser.events doesn't have an attribute invalid, valid attributes: [protocol, event]")
+
+	cfg = DefaultMetricsConfig().EbpfProtocolParserEvents
 	cfg.AggregationStrategy = "invalid"
 	require.ErrorContains(t, cfg.Validate(), "invalid aggregation strategy")
 }

@@ -44,6 +44,32 @@ var MapAttributeEbpfMapMemorySource = map[string]AttributeEbpfMapMemorySource{
 	"estimate": AttributeEbpfMapMemorySourceEstimate,
 }
 
+// AttributeProtocol specifies the value protocol attribute.
+type AttributeProtocol int
+
+const (
+	_ AttributeProtocol = iota
+	AttributeProtocolPostgresql
+	AttributeProtocolGrpc
+)
+
+// String returns the string representation of the AttributeProtocol.
+func (av AttributeProtocol) String() string {
+	switch av {
+	case AttributeProtocolPostgresql:
+		return "postgresql"
+	case AttributeProtocolGrpc:
+		return "grpc"
+	}
+	return ""
+}
+
+// MapAttributeProtocol is a helper map of string to AttributeProtocol attribute value.
+var MapAttributeProtocol = map[string]AttributeProtocol{
+	"postgresql": AttributeProtocolPostgresql,
+	"grpc":       AttributeProtocolGrpc,
+}
+
 // AttributeReason specifies the value reason attribute.
 type AttributeReason int
 
@@ -63,6 +89,7 @@ const (
 	AttributeReasonEvicted
 	AttributeReasonIgnored
 	AttributeReasonStaleFd
+	AttributeReasonExportQueueFull
 )
 
 // String returns the string representation of the AttributeReason.
@@ -96,6 +123,8 @@ func (av AttributeReason) String() string {
 		return "ignored"
 	case AttributeReasonStaleFd:
 		return "stale_fd"
+	case AttributeReasonExportQueueFull:
+		return "export_queue_full"
 	}
 	return ""
 }
@@ -116,6 +145,7 @@ var MapAttributeReason = map[string]AttributeReason{
 	"evicted":                 AttributeReasonEvicted,
 	"ignored":                 AttributeReasonIgnored,
 	"stale_fd":                AttributeReasonStaleFd,
+	"export_queue_full":       AttributeReasonExportQueueFull,
 }
 
 var MetricsInfo = metricsInfo{
@@ -167,6 +197,10 @@ var MetricsInfo = metricsInfo{
 		Name:       "ebpf.program.run.time",
 		Attributes: []string{"ebpf.program.id", "ebpf.program.name", "ebpf.program.type"},
 	},
+	EbpfProtocolParserEvents: metricInfo{
+		Name:       "ebpf.protocol.parser.events",
+		Attributes: []string{"protocol", "event"},
+	},
 	EbpfRingbufSize: metricInfo{
 		Name:       "ebpf.ringbuf.size",
 		Attributes: []string{"ebpf.map.id", "ebpf.map.name", "ebpf.map.type"},
@@ -191,6 +225,7 @@ type metricsInfo struct {
 	EbpfMapUtilization          metricInfo
 	EbpfProgramRunCount         metricInfo
 	EbpfProgramRunTime          metricInfo
+	EbpfProtocolParserEvents    metricInfo
 	EbpfRingbufSize             metricInfo
 	EbpfRingbufUsed             metricInfo
 }
@@ -1254,6 +1289,100 @@ func newMetricEbpfProgramRunTime(cfg EbpfProgramRunTimeMetricConfig) metricEbpfP
 	return m
 }
 
+type metricEbpfProtocolParserEvents struct {
+	data          pmetric.Metric                       // data buffer for generated metric.
+	config        EbpfProtocolParserEventsMetricConfig // metric config provided by user.
+	capacity      int                                  // max observed number of data points added to the metric.
+	aggDataPoints []int64                              // slice containing number of aggregated datapoints at each index
+}
+
+// init fills ebpf.protocol.parser.events metric with initial data.
+func (m *metricEbpfProtocolParserEvents) init() {
+	m.data.SetName("ebpf.protocol.parser.events")
+	m.data.SetDescription("What the protocol parsers saw and every loss they had (resynchronisations, skipped or lost bytes, evicted state, requests without an answer), by counter.")
+	m.data.SetUnit("{events}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+	m.data.Sum().DataPoints().EnsureCapacity(m.capacity)
+	m.aggDataPoints = m.aggDataPoints[:0]
+}
+
+func (m *metricEbpfProtocolParserEvents) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64, protocolAttributeValue string, eventAttributeValue string) {
+	if !m.config.Enabled {
+		return
+	}
+
+	dp := pmetric.NewNumberDataPoint()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	if slices.Contains(m.config.EnabledAttributes, EbpfProtocolParserEventsMetricAttributeKeyProtocol) {
+		dp.Attributes().PutStr("protocol", protocolAttributeValue)
+	}
+	if slices.Contains(m.config.EnabledAttributes, EbpfProtocolParserEventsMetricAttributeKeyEvent) {
+		dp.Attributes().PutStr("event", eventAttributeValue)
+	}
+
+	var s string
+	dps := m.data.Sum().DataPoints()
+	for i := 0; i < dps.Len(); i++ {
+		dpi := dps.At(i)
+		if dp.Attributes().Equal(dpi.Attributes()) && dp.StartTimestamp() == dpi.StartTimestamp() && dp.Timestamp() == dpi.Timestamp() {
+			switch s = m.config.AggregationStrategy; s {
+			case AggregationStrategySum, AggregationStrategyAvg:
+				dpi.SetIntValue(dpi.IntValue() + val)
+				m.aggDataPoints[i] += 1
+				return
+			case AggregationStrategyMin:
+				if dpi.IntValue() > val {
+					dpi.SetIntValue(val)
+				}
+				return
+			case AggregationStrategyMax:
+				if dpi.IntValue() < val {
+					dpi.SetIntValue(val)
+				}
+				return
+			}
+		}
+	}
+
+	dp.SetIntValue(val)
+	m.aggDataPoints = append(m.aggDataPoints, 1)
+	dp.MoveTo(dps.AppendEmpty())
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricEbpfProtocolParserEvents) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricEbpfProtocolParserEvents) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		if m.config.AggregationStrategy == AggregationStrategyAvg {
+			for i, aggCount := range m.aggDataPoints {
+				m.data.Sum().DataPoints().At(i).SetIntValue(m.data.Sum().DataPoints().At(i).IntValue() / aggCount)
+			}
+		}
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricEbpfProtocolParserEvents(cfg EbpfProtocolParserEventsMetricConfig) metricEbpfProtocolParserEvents {
+	m := metricEbpfProtocolParserEvents{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
 type metricEbpfRingbufSize struct {
 	data          pmetric.Metric              // data buffer for generated metric.
 	config        EbpfRingbufSizeMetricConfig // metric config provided by user.
@@ -1465,6 +1594,7 @@ type MetricsBuilder struct {
 	metricEbpfMapUtilization          metricEbpfMapUtilization
 	metricEbpfProgramRunCount         metricEbpfProgramRunCount
 	metricEbpfProgramRunTime          metricEbpfProgramRunTime
+	metricEbpfProtocolParserEvents    metricEbpfProtocolParserEvents
 	metricEbpfRingbufSize             metricEbpfRingbufSize
 	metricEbpfRingbufUsed             metricEbpfRingbufUsed
 }
@@ -1505,6 +1635,7 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricEbpfMapUtilization:          newMetricEbpfMapUtilization(mbc.Metrics.EbpfMapUtilization),
 		metricEbpfProgramRunCount:         newMetricEbpfProgramRunCount(mbc.Metrics.EbpfProgramRunCount),
 		metricEbpfProgramRunTime:          newMetricEbpfProgramRunTime(mbc.Metrics.EbpfProgramRunTime),
+		metricEbpfProtocolParserEvents:    newMetricEbpfProtocolParserEvents(mbc.Metrics.EbpfProtocolParserEvents),
 		metricEbpfRingbufSize:             newMetricEbpfRingbufSize(mbc.Metrics.EbpfRingbufSize),
 		metricEbpfRingbufUsed:             newMetricEbpfRingbufUsed(mbc.Metrics.EbpfRingbufUsed),
 	}
@@ -1585,6 +1716,7 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricEbpfMapUtilization.emit(ils.Metrics())
 	mb.metricEbpfProgramRunCount.emit(ils.Metrics())
 	mb.metricEbpfProgramRunTime.emit(ils.Metrics())
+	mb.metricEbpfProtocolParserEvents.emit(ils.Metrics())
 	mb.metricEbpfRingbufSize.emit(ils.Metrics())
 	mb.metricEbpfRingbufUsed.emit(ils.Metrics())
 
@@ -1671,6 +1803,11 @@ func (mb *MetricsBuilder) RecordEbpfProgramRunCountDataPoint(ts pcommon.Timestam
 // RecordEbpfProgramRunTimeDataPoint adds a data point to ebpf.program.run.time metric.
 func (mb *MetricsBuilder) RecordEbpfProgramRunTimeDataPoint(ts pcommon.Timestamp, val int64, ebpfProgramIDAttributeValue int64, ebpfProgramNameAttributeValue string, ebpfProgramTypeAttributeValue string) {
 	mb.metricEbpfProgramRunTime.recordDataPoint(mb.startTime, ts, val, ebpfProgramIDAttributeValue, ebpfProgramNameAttributeValue, ebpfProgramTypeAttributeValue)
+}
+
+// RecordEbpfProtocolParserEventsDataPoint adds a data point to ebpf.protocol.parser.events metric.
+func (mb *MetricsBuilder) RecordEbpfProtocolParserEventsDataPoint(ts pcommon.Timestamp, val int64, protocolAttributeValue AttributeProtocol, eventAttributeValue string) {
+	mb.metricEbpfProtocolParserEvents.recordDataPoint(mb.startTime, ts, val, protocolAttributeValue.String(), eventAttributeValue)
 }
 
 // RecordEbpfRingbufSizeDataPoint adds a data point to ebpf.ringbuf.size metric.

@@ -67,6 +67,7 @@ func TestMetricsBuilder(t *testing.T) {
 			aggMap["ebpf.map.utilization"] = mb.metricEbpfMapUtilization.config.AggregationStrategy
 			aggMap["ebpf.program.run.count"] = mb.metricEbpfProgramRunCount.config.AggregationStrategy
 			aggMap["ebpf.program.run.time"] = mb.metricEbpfProgramRunTime.config.AggregationStrategy
+			aggMap["ebpf.protocol.parser.events"] = mb.metricEbpfProtocolParserEvents.config.AggregationStrategy
 			aggMap["ebpf.ringbuf.size"] = mb.metricEbpfRingbufSize.config.AggregationStrategy
 			aggMap["ebpf.ringbuf.used"] = mb.metricEbpfRingbufUsed.config.AggregationStrategy
 
@@ -145,6 +146,12 @@ func TestMetricsBuilder(t *testing.T) {
 			}
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordEbpfProtocolParserEventsDataPoint(ts, 1, AttributeProtocolPostgresql, "event-val")
+			if tt.name == "reaggregate_set" {
+				mb.RecordEbpfProtocolParserEventsDataPoint(ts, 3, AttributeProtocolGrpc, "event-val-2")
+			}
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordEbpfRingbufSizeDataPoint(ts, 1, 11, "ebpf.map.name-val", "ebpf.map.type-val")
 			if tt.name == "reaggregate_set" {
 				mb.RecordEbpfRingbufSizeDataPoint(ts, 3, 12, "ebpf.map.name-val-2", "ebpf.map.type-val-2")
@@ -168,6 +175,7 @@ func TestMetricsBuilder(t *testing.T) {
 				assert.Empty(t, mb.metricEbpfMapUtilization.aggDataPoints)
 				assert.Empty(t, mb.metricEbpfProgramRunCount.aggDataPoints)
 				assert.Empty(t, mb.metricEbpfProgramRunTime.aggDataPoints)
+				assert.Empty(t, mb.metricEbpfProtocolParserEvents.aggDataPoints)
 				assert.Empty(t, mb.metricEbpfRingbufSize.aggDataPoints)
 				assert.Empty(t, mb.metricEbpfRingbufUsed.aggDataPoints)
 			}
@@ -692,6 +700,55 @@ func TestMetricsBuilder(t *testing.T) {
 						_, ok = dp.Attributes().Get("ebpf.program.name")
 						assert.False(t, ok)
 						_, ok = dp.Attributes().Get("ebpf.program.type")
+						assert.False(t, ok)
+					}
+				case "ebpf.protocol.parser.events":
+					if tt.name != "reaggregate_set" {
+						assert.False(t, validatedMetrics["ebpf.protocol.parser.events"], "Found a duplicate in the metrics slice: ebpf.protocol.parser.events")
+						validatedMetrics["ebpf.protocol.parser.events"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "What the protocol parsers saw and every loss they had (resynchronisations, skipped or lost bytes, evicted state, requests without an answer), by counter.", mi.Description())
+						assert.Equal(t, "{events}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						assert.Equal(t, int64(1), dp.IntValue())
+						protocolAttrVal, ok := dp.Attributes().Get("protocol")
+						assert.True(t, ok)
+						assert.Equal(t, "postgresql", protocolAttrVal.Str())
+						eventAttrVal, ok := dp.Attributes().Get("event")
+						assert.True(t, ok)
+						assert.Equal(t, "event-val", eventAttrVal.Str())
+					} else {
+						assert.False(t, validatedMetrics["ebpf.protocol.parser.events"], "Found a duplicate in the metrics slice: ebpf.protocol.parser.events")
+						validatedMetrics["ebpf.protocol.parser.events"] = true
+						assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+						assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+						assert.Equal(t, "What the protocol parsers saw and every loss they had (resynchronisations, skipped or lost bytes, evicted state, requests without an answer), by counter.", mi.Description())
+						assert.Equal(t, "{events}", mi.Unit())
+						assert.True(t, mi.Sum().IsMonotonic())
+						assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+						dp := mi.Sum().DataPoints().At(0)
+						assert.Equal(t, start, dp.StartTimestamp())
+						assert.Equal(t, ts, dp.Timestamp())
+						assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+						switch aggMap["ebpf.protocol.parser.events"] {
+						case "sum":
+							assert.Equal(t, int64(4), dp.IntValue())
+						case "avg":
+							assert.Equal(t, int64(2), dp.IntValue())
+						case "min":
+							assert.Equal(t, int64(1), dp.IntValue())
+						case "max":
+							assert.Equal(t, int64(3), dp.IntValue())
+						}
+						_, ok := dp.Attributes().Get("protocol")
+						assert.False(t, ok)
+						_, ok = dp.Attributes().Get("event")
 						assert.False(t, ok)
 					}
 				case "ebpf.ringbuf.size":

@@ -1,0 +1,103 @@
+package spans
+
+import (
+	"go.opentelemetry.io/collector/pdata/ptrace"
+
+	"github.com/ebpfotel/ebpfreceiver/internal/postgres"
+	"github.com/ebpfotel/ebpfreceiver/internal/procmeta"
+	"github.com/ebpfotel/ebpfreceiver/internal/sqlsan"
+	"github.com/ebpfotel/ebpfreceiver/internal/stream"
+)
+
+// PostgresOptions shape database spans.
+type PostgresOptions struct {
+	// QueryText says whether db.query.text is obfuscated, raw or left out.
+	QueryText sqlsan.Mode
+}
+
+// Query appends the span of one PostgreSQL query, following the stable
+// database semantic conventions. server says the observed process is the
+// PostgreSQL server (span kind SERVER), otherwise the client (CLIENT).
+func (b *Builder) Query(p procmeta.Info, conn *stream.ConnInfo, q *postgres.Query, server bool, link Link, opts PostgresOptions) {
+	span := b.spanFor(p)
+	b.setKindAndIDs(span, "postgresql", conn, link, server)
+	span.SetStartTimestamp(b.ts(q.Start))
+	span.SetEndTimestamp(b.ts(q.End))
+
+	var sum sqlsan.Result
+	if !q.TextUnknown {
+		sum = sqlsan.Sanitize(q.Text, opts.QueryText)
+	}
+	attrs := span.Attributes()
+	attrs.PutStr("db.system.name", "postgresql")
+	if q.Database != "" {
+		attrs.PutStr("db.namespace", q.Database)
+	}
+	if sum.Text != "" {
+		attrs.PutStr("db.query.text", sum.Text)
+	}
+	if sum.Summary != "" {
+		attrs.PutStr("db.query.summary", sum.Summary)
+	}
+	operation := sum.Operation
+	if operation == "" && q.CommandTag != "" {
+		// The command tag names what the server ran ("SELECT 3" -> SELECT),
+		// also for a statement whose text we never saw.
+		operation, _ = postgres.ParseCommandTag(q.CommandTag)
+	}
+	if operation != "" {
+		attrs.PutStr("db.operation.name", operation)
+	}
+	if sum.Collection != "" {
+		attrs.PutStr("db.collection.name", sum.Collection)
+	}
+	if q.RowsReturned > 0 {
+		attrs.PutInt("db.response.returned_rows", q.RowsReturned)
+	}
+	if q.StatementName != "" {
+		// Receiver-specific: which prepared statement ran (its text may
+		// have been prepared before capture started).
+		attrs.PutStr("db.postgresql.statement.name", q.StatementName)
+	}
+	if q.TextTruncated {
+		attrs.PutBool("ebpf.capture.query_text_truncated", true)
+	}
+	putNetwork(attrs, conn, server)
+	putCaptureFlags(attrs, conn, q.Incomplete)
+
+	switch {
+	case q.Error != nil:
+		// SQLSTATE is both the response status code and the error type.
+		attrs.PutStr("db.response.status_code", q.Error.Code)
+		attrs.PutStr("error.type", q.Error.Code)
+		span.Status().SetCode(ptrace.StatusCodeError)
+		span.Status().SetMessage(q.Error.Message)
+	case q.Skipped:
+		attrs.PutStr("error.type", "_OTHER")
+		span.Status().SetCode(ptrace.StatusCodeError)
+		span.Status().SetMessage("not executed: an earlier message of the pipeline failed")
+	}
+	span.SetName(dbSpanName(sum.Summary, operation, sum.Collection, q.Database))
+}
+
+// dbSpanName follows the database span name rule: the query summary when
+// there is one, else "{operation} {target}", else "{target}", else the
+// system name.
+func dbSpanName(summary, operation, collection, namespace string) string {
+	if summary != "" {
+		return summary
+	}
+	target := collection
+	if target == "" {
+		target = namespace
+	}
+	switch {
+	case operation != "" && target != "":
+		return operation + " " + target
+	case operation != "":
+		return operation
+	case target != "":
+		return target
+	}
+	return "postgresql"
+}
