@@ -150,7 +150,7 @@ func plausibleMessages(s side, data []byte) bool {
 				return true
 			}
 			body := data[5:]
-			return len(body) >= min(int(l)-4, 64) && prefixPlausible(s, typ, body, int(l)-4)
+			return len(body) >= min(int(l)-4, 64) && prefixPlausible(s, typ, body)
 		}
 		if !validBody(s, typ, data[5:end]) {
 			return false

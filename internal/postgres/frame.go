@@ -69,7 +69,7 @@ func (d *dirState) run(ts uint64, in []byte) {
 		case modeAnswer:
 			in = d.answer(in)
 		case modeResync:
-			in = d.resync(ts, in)
+			in = d.resync(in)
 		default:
 			if d.p.tls {
 				d.p.stats.EncryptedBytes.Add(uint64(len(in)))
@@ -295,7 +295,7 @@ func (d *dirState) candidate(b []byte) verdict {
 		if len(avail) < 64 {
 			return needMore
 		}
-		if prefixPlausible(sideFrontend, typ, avail, bodyLen) {
+		if prefixPlausible(sideFrontend, typ, avail) {
 			return accept
 		}
 		return reject
@@ -349,7 +349,7 @@ func (d *dirState) sides() []side {
 // final (they depend on bytes already seen), so held bytes are only ever
 // re-examined from the candidate that was waiting for more: the work is
 // linear in the bytes received.
-func (d *dirState) resync(ts uint64, in []byte) []byte {
+func (d *dirState) resync(in []byte) []byte {
 	var b []byte
 	// boundary is where this call's bytes start within b: a syscall
 	// boundary, where real messages usually start.

@@ -1,7 +1,6 @@
 package postgres
 
 import (
-	"encoding/binary"
 	"path/filepath"
 	"testing"
 
@@ -135,5 +134,3 @@ func (c *conv) hello() *conv {
 	c.add(stream.Egress, startup(c.t, "alice", "shop"))
 	return c.add(stream.Ingress, serverHello(c.t))
 }
-
-func be32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }

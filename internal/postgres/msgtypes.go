@@ -347,7 +347,7 @@ func validAuth(body []byte) bool {
 // prefixPlausible judges the first bytes of a message too long to hold whole
 // while looking for a boundary. Only SQL text (Query, Parse) has a start
 // recognisable enough; anything else must be seen whole.
-func prefixPlausible(s side, typ byte, prefix []byte, bodyLen int) bool {
+func prefixPlausible(s side, typ byte, prefix []byte) bool {
 	switch {
 	case s == sideFrontend && typ == 'Q':
 		return bytes.IndexByte(prefix, 0) < 0 && isTextPrefix(prefix)

@@ -8,9 +8,9 @@ package postgres
 //
 //	EBPF_RECORD_FIXTURES=1 go test ./internal/postgres -run TestRecordFixtures -v
 //
-// It starts a private server (initdb in a temporary directory owned by the
-// postgres user, trust authentication, a free loopback port) and always
-// stops it with "pg_ctl stop -m immediate". After regenerating, run the
+// It starts a private server with pgserver (initdb in a temporary directory
+// owned by the postgres user, trust authentication, a free loopback port,
+// stopped with "pg_ctl stop -m immediate"). After regenerating, run the
 // replay tests: timings change, and so may the fixed expectations that
 // depend on the server (for example BackendKeyData), never the queries.
 
@@ -38,78 +38,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/capfile"
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/pgserver"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/recproxy"
 )
 
 const fixtureDir = "../../testdata/postgres"
-
-const pgBin = "/usr/lib/postgresql/15/bin"
-
-// testServer is a PostgreSQL server private to the generator.
-type testServer struct {
-	dir  string
-	port int
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func runAsPostgres(t *testing.T, args ...string) {
-	t.Helper()
-	cmd := exec.Command("runuser", append([]string{"-u", "postgres", "--"}, args...)...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-}
-
-// startServer runs initdb and pg_ctl start; Cleanup stops the server.
-func startServer(t *testing.T) *testServer {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("recording fixtures needs root (runuser -u postgres)")
-	}
-	if _, err := os.Stat(filepath.Join(pgBin, "initdb")); err != nil {
-		t.Skipf("PostgreSQL 15 server binaries not installed: %v", err)
-	}
-	dir, err := os.MkdirTemp("", "pgfixtures")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	data := filepath.Join(dir, "data")
-	if out, err := exec.Command("chown", "-R", "postgres:postgres", dir).CombinedOutput(); err != nil {
-		t.Fatalf("chown: %v\n%s", err, out)
-	}
-	runAsPostgres(t, filepath.Join(pgBin, "initdb"), "-D", data, "-A", "trust", "-U", "postgres",
-		"-E", "UTF8", "--locale=C", "--no-sync")
-	writeCert(t, data)
-	s := &testServer{dir: dir, port: freePort(t)}
-	// ssl stays off (the postgresql.conf default) until the tls scenario
-	// turns it on with ALTER SYSTEM, which a command-line -c would override.
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off", s.port, dir)
-	// Registered before the start, so that a start that fails half-way
-	// (or times out) does not leave a server behind.
-	t.Cleanup(func() {
-		if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err != nil {
-			return // not running
-		}
-		cmd := exec.Command("runuser", "-u", "postgres", "--", filepath.Join(pgBin, "pg_ctl"), "-D", data, "-w",
-			"stop", "-m", "immediate")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("pg_ctl stop: %v\n%s", err, out)
-		}
-	})
-	runAsPostgres(t, filepath.Join(pgBin, "pg_ctl"), "-D", data, "-w", "-l", filepath.Join(dir, "log"),
-		"-o", opts, "start")
-	return s
-}
 
 // writeCert gives the server a throw-away self-signed certificate (the
 // default ssl_cert_file/ssl_key_file names) so that the TLS fixture can show
@@ -149,8 +82,6 @@ func writeCert(t *testing.T, data string) {
 	}
 }
 
-func (s *testServer) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
-
 // connect opens a pgx connection to addr (the proxy, or the server).
 func connect(ctx context.Context, addr string, mode pgx.QueryExecMode, sslmode string) (*pgx.Conn, error) {
 	host, port, _ := net.SplitHostPort(addr)
@@ -175,9 +106,12 @@ func exec1(ctx context.Context, c *pgx.Conn, sql string, args ...any) error {
 
 // expectPgErr checks that err is a server error with SQLSTATE code.
 func expectPgErr(err error, code string) error {
+	if err == nil {
+		return fmt.Errorf("want SQLSTATE %s, got no error", code)
+	}
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) || pe.Code != code {
-		return fmt.Errorf("want SQLSTATE %s, got %v", code, err)
+		return fmt.Errorf("want SQLSTATE %s, got %w", code, err)
 	}
 	return nil
 }
@@ -477,7 +411,7 @@ var scenarios = []scenario{
 		cmd.Env = append(os.Environ(), "PGSSLMODE=prefer", "PGGSSENCMODE=disable")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("psql: %v: %s", err, out)
+			return fmt.Errorf("psql: %w: %s", err, out)
 		}
 		return nil
 	}},
@@ -516,7 +450,12 @@ func TestRecordFixtures(t *testing.T) {
 	if os.Getenv("EBPF_RECORD_FIXTURES") == "" {
 		t.Skip("set EBPF_RECORD_FIXTURES=1 to record fixtures from a real server")
 	}
-	srv := startServer(t)
+	// No settings on the command line: ssl stays off (the postgresql.conf
+	// default) until the tls scenario turns it on with ALTER SYSTEM, which
+	// a command-line -c would override. The certificate it then needs can
+	// be written after the start, as ssl is read only on reload.
+	srv := pgserver.Start(t, nil)
+	writeCert(t, srv.DataDir)
 	if err := os.MkdirAll(fixtureDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -524,11 +463,11 @@ func TestRecordFixtures(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			px, err := recproxy.Start(srv.addr())
+			px, err := recproxy.Start(srv.Addr())
 			if err != nil {
 				t.Fatal(err)
 			}
-			runErr := sc.run(ctx, px.Addr(), srv.addr())
+			runErr := sc.run(ctx, px.Addr(), srv.Addr())
 			conns := px.Close()
 			if runErr != nil {
 				t.Fatalf("scenario: %v", runErr)

@@ -265,7 +265,8 @@ func skipNumber(s string, i int) int {
 	for i < n && (isDigit(s[i]) || s[i] == '_') {
 		i++
 	}
-	if i < n && s[i] == '.' && !(i+1 < n && s[i+1] == '.') {
+	// A decimal point, unless the dot is followed by another dot.
+	if i < n && s[i] == '.' && (i+1 >= n || s[i+1] != '.') {
 		i++
 		for i < n && (isDigit(s[i]) || s[i] == '_') {
 			i++

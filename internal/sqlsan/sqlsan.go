@@ -111,6 +111,12 @@ func (t token) is(s string, c byte) bool {
 	return t.kind == tkPunct && t.end-t.start == 1 && s[t.start] == c
 }
 
+// isName reports whether t can name a relation or alias: a quoted
+// identifier or an unreserved word.
+func (t token) isName() bool {
+	return t.kind == tkQIdent || t.kind == tkIdent && !t.kw.reserved
+}
+
 // obfuscate rebuilds the text from its tokens with literals replaced.
 func obfuscate(s string, toks []token) string {
 	var out strings.Builder
@@ -601,19 +607,16 @@ func (a *analyzer) tableRef(j int) int {
 	return a.skipAlias(j)
 }
 
-// targetName reads the table a statement acts on (INSERT INTO, UPDATE,
+// targetName records the table a statement acts on (INSERT INTO, UPDATE,
 // DELETE FROM, COPY, CREATE/ALTER TABLE, CREATE INDEX ON), where a
 // parenthesis after the name is a column list, not a function call.
-func (a *analyzer) targetName(j int) int {
+func (a *analyzer) targetName(j int) {
 	for a.kwAt(j, kwOnly) {
 		j++
 	}
-	name, end := a.qualifiedName(j)
-	if name == "" {
-		return j
+	if name, _ := a.qualifiedName(j); name != "" {
+		a.addTarget(name)
 	}
-	a.addTarget(name)
-	return a.skipAlias(end)
 }
 
 // skipAlias skips [AS] alias [(columns)].
@@ -622,7 +625,7 @@ func (a *analyzer) skipAlias(j int) int {
 	if a.kwAt(j, kwAs) {
 		j++
 	}
-	if j < len(a.toks) && (a.toks[j].kind == tkQIdent || a.toks[j].kind == tkIdent && !a.toks[j].kw.reserved) {
+	if j < len(a.toks) && a.toks[j].isName() {
 		j++
 		if j < len(a.toks) && a.toks[j].is(a.s, '(') {
 			j = a.skipParens(j)
@@ -655,14 +658,7 @@ func (a *analyzer) skipParens(j int) int {
 // qualifiedName reads name(.name)* at j, as written.
 func (a *analyzer) qualifiedName(j int) (string, int) {
 	start := j
-	for {
-		if j >= len(a.toks) {
-			break
-		}
-		t := a.toks[j]
-		if !(t.kind == tkQIdent || t.kind == tkIdent && !t.kw.reserved) {
-			break
-		}
+	for j < len(a.toks) && a.toks[j].isName() {
 		j++
 		if j+1 < len(a.toks) && a.toks[j].is(a.s, '.') {
 			j++
@@ -702,7 +698,8 @@ func (a *analyzer) isCTEName(i int) bool {
 		return false
 	}
 	p := a.toks[i-1]
-	if !(p.kind == tkIdent && (p.kw.id == kwWith || p.kw.id == kwRecursive) || p.is(a.s, ',')) {
+	afterWith := p.kind == tkIdent && (p.kw.id == kwWith || p.kw.id == kwRecursive)
+	if !afterWith && !p.is(a.s, ',') {
 		return false
 	}
 	j := i + 1

@@ -143,9 +143,17 @@ func TestModes(t *testing.T) {
 			t.Errorf("analysis depends on the mode: %+v vs %+v", r, obf)
 		}
 	}
-	for in, want := range map[string]Mode{"obfuscated": ModeObfuscated, "": ModeObfuscated, " RAW ": ModeRaw, "off": ModeOff} {
-		if m, err := ParseMode(in); err != nil || m != want {
-			t.Errorf("ParseMode(%q) = %v, %v", in, m, err)
+	for _, c := range []struct {
+		in   string
+		want Mode
+	}{
+		{"obfuscated", ModeObfuscated},
+		{"", ModeObfuscated},
+		{" RAW ", ModeRaw}, // surrounding space and case are ignored
+		{"off", ModeOff},
+	} {
+		if m, err := ParseMode(c.in); err != nil || m != c.want {
+			t.Errorf("ParseMode(%q) = %v, %v", c.in, m, err)
 		}
 	}
 	if _, err := ParseMode("hashed"); err == nil {
