@@ -82,6 +82,31 @@ struct {
 	__type(value, struct sock_info);
 } sockets SEC(".maps");
 
+// Tracked sockets per process, so that a fork can tell cheaply whether
+// the parent holds any (pre-fork servers such as PostgreSQL accept in the
+// parent and serve in a child).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); // resized with `sockets`
+	__type(key, __u32);         // tgid
+	__type(value, __u32);       // tracked sockets
+} tracked_procs SEC(".maps");
+
+static __always_inline void proc_sockets(__u32 tgid, int delta)
+{
+	__u32 *n = bpf_map_lookup_elem(&tracked_procs, &tgid);
+	if (n) {
+		if (delta < 0 && *n == 0)
+			return;
+		__sync_fetch_and_add(n, delta);
+		return;
+	}
+	if (delta > 0) {
+		__u32 one = 1;
+		bpf_map_update_elem(&tracked_procs, &tgid, &one, BPF_NOEXIST);
+	}
+}
+
 // Syscall arguments saved at enter for the exit tracepoint of the same
 // thread: the payload of a read only exists at exit, and a write is captured
 // at exit too so that only the bytes the kernel accepted are recorded.
@@ -287,6 +312,8 @@ static __always_inline bool read_tuple(struct sock *sk, struct conn_tuple *t)
 	return true;
 }
 
+static __always_inline void announce(__u32 tgid, __u32 tid, int fd, const struct sock_info *info, struct sock *sk);
+
 // conn_nonce computes conn_event.nonce (see event.h).
 static __always_inline __u64 conn_nonce(struct sock *sk, __u16 family, __u8 role, __u64 inode)
 {
@@ -338,13 +365,20 @@ static __always_inline void track(int fd, __u8 role)
 	info.file = (__u64)f;
 	info.inode = inode;
 	info.role = role;
+	info.nonce = conn_nonce(sk, info.tuple.family, role, inode);
 	struct sock_key key = {.tgid = tgid, .fd = fd};
 	if (bpf_map_update_elem(&sockets, &key, &info, BPF_ANY)) {
 		count(CNT_DROP_SOCKTAB_FULL, 1);
 		return;
 	}
+	proc_sockets(tgid, 1);
 	count(CNT_CONN_OPENED, 1);
+	announce(tgid, (__u32)pid_tgid, fd, &info, sk);
+}
 
+// announce tells user space that a socket entered the table.
+static __always_inline void announce(__u32 tgid, __u32 tid, int fd, const struct sock_info *info, struct sock *sk)
+{
 	struct conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(CNT_DROP_CONN_EVENT, 1);
@@ -352,18 +386,18 @@ static __always_inline void track(int fd, __u8 role)
 	}
 	__builtin_memset(e, 0, sizeof(*e)); // reserved memory is not zeroed
 	e->type = EVENT_CONN_OPEN;
-	e->role = role;
+	e->role = info->role;
 	e->pid = tgid;
-	e->tid = (__u32)pid_tgid;
+	e->tid = tid;
 	e->fd = fd;
-	e->conn_id = info.conn_id;
+	e->conn_id = info->conn_id;
 	e->ts_ns = bpf_ktime_get_ns();
-	e->inode = inode;
-	e->nonce = conn_nonce(sk, info.tuple.family, role, inode);
-	e->tuple = info.tuple;
+	e->inode = info->inode;
+	e->nonce = info->nonce;
+	e->tuple = info->tuple;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	if (info.tuple.family == AF_UNIX)
-		read_unix_path(sk, role, e->unix_path);
+	if (info->tuple.family == AF_UNIX && sk)
+		read_unix_path(sk, info->role, e->unix_path);
 	bpf_ringbuf_submit(e, rb_flags());
 }
 
@@ -388,7 +422,8 @@ static __always_inline struct sock_info *lookup_socket(__u32 tgid, int fd)
 		}
 	}
 	count(CNT_STALE_FD, 1);
-	bpf_map_delete_elem(&sockets, &key);
+	if (!bpf_map_delete_elem(&sockets, &key))
+		proc_sockets(tgid, -1);
 	return NULL;
 }
 
@@ -780,6 +815,69 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 	} else {
 		count(CNT_DROP_CONN_EVENT, 1);
 	}
-	bpf_map_delete_elem(&sockets, &key);
+	if (!bpf_map_delete_elem(&sockets, &key))
+		proc_sockets(key.tgid, -1);
+	return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Fork: a child gets copies of its parent's file descriptors. A pre-fork
+// server (PostgreSQL's postmaster, many others) accepts a connection and
+// hands it to a child that does all the talking, so the child's copies of
+// tracked sockets are entered under the child's pid, as new connections
+// that start with the child (the parent's copy usually closes at once).
+
+struct fork_walk {
+	__u64 fds; // the child's fd array
+	__u32 parent;
+	__u32 child;
+	__u32 tid;
+};
+
+static long inherit_fd(__u64 index, void *ctx)
+{
+	struct fork_walk *w = ctx;
+	struct sock_key pk = {.tgid = w->parent, .fd = (int)index};
+	struct sock_info *si = bpf_map_lookup_elem(&sockets, &pk);
+	if (!si)
+		return 0;
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), (void *)(w->fds + index * sizeof(f)));
+	if (!f || (si->file && si->file != (__u64)f))
+		return 0;
+	struct sock_info copy = *si;
+	copy.conn_id = __sync_fetch_and_add(&next_conn_id, 1);
+	copy.file = (__u64)f;
+	copy.seq_egress = 0;
+	copy.seq_ingress = 0;
+	struct sock_key ck = {.tgid = w->child, .fd = (int)index};
+	if (bpf_map_update_elem(&sockets, &ck, &copy, BPF_NOEXIST)) {
+		count(CNT_DROP_SOCKTAB_FULL, 1);
+		return 0;
+	}
+	proc_sockets(w->child, 1);
+	count(CNT_INHERITED, 1);
+	__u64 inode = 0;
+	announce(w->child, w->tid, (int)index, &copy, sock_of(f, &inode));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	if (ptgid == ctgid)
+		return 0; // a new thread shares its process's descriptors
+	__u32 *n = bpf_map_lookup_elem(&tracked_procs, &ptgid);
+	if (!n || *n == 0)
+		return 0; // the common case: one lookup per fork
+	struct fdtable *fdt = BPF_CORE_READ(child, files, fdt);
+	if (!fdt)
+		return 0;
+	__u32 max = BPF_CORE_READ(fdt, max_fds);
+	if (max > MAX_FORK_FDS)
+		max = MAX_FORK_FDS;
+	struct fork_walk w = {.fds = (__u64)BPF_CORE_READ(fdt, fd), .parent = ptgid, .child = ctgid, .tid = child->pid};
+	bpf_loop(max, inherit_fd, &w, 0);
 	return 0;
 }

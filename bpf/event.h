@@ -54,6 +54,9 @@ enum data_source {
 // iovec entries walked per readv/writev/sendmsg/recvmsg.
 #define MAX_IOV 64
 
+// File descriptors of a forking parent looked at for tracked sockets.
+#define MAX_FORK_FDS 4096
+
 #define UNIX_PATH_CAP 64
 #define COMM_LEN 16
 
@@ -124,7 +127,8 @@ enum counter {
 	CNT_STALE_FD = 9,         // table entries whose fd no longer is that socket
 	CNT_CONN_OPENED = 10,     // sockets entered into the table by the kernel side
 	CNT_FILTERED = 11,        // connects/accepts rejected by the filters
-	CNT__MAX = 12,
+	CNT_INHERITED = 12,       // sockets a forked child took over from its parent
+	CNT__MAX = 13,
 };
 
 // Key of the socket table.
@@ -142,6 +146,7 @@ struct sock_info {
 	__u64 inode;       // socket inode
 	__u64 seq_egress;  // bytes written so far
 	__u64 seq_ingress; // bytes read so far
+	__u64 nonce;       // conn_event.nonce, kept for copies made at fork
 	struct conn_tuple tuple;
 	__u8 role;
 	__u8 _pad[7];

@@ -121,6 +121,13 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 		}
 		c.links = append(c.links, l)
 	}
+	// sched_process_fork as a BTF tracepoint: its arguments are the parent
+	// and child task_structs.
+	fork, err := link.AttachTracing(link.TracingOptions{Program: c.objs.OnFork})
+	if err != nil {
+		return nil, fmt.Errorf("attach tp_btf/sched_process_fork: %w", err)
+	}
+	c.links = append(c.links, fork)
 	// The scan runs after attaching: a socket opened in between is then seen
 	// by both, and the kernel's entry wins (the scan inserts with NOEXIST).
 	if opts.ScanExisting {
@@ -145,6 +152,7 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 func configure(spec *ebpf.CollectionSpec, opts Options) error {
 	spec.Maps["events"].MaxEntries = opts.RingBufferBytes
 	spec.Maps["sockets"].MaxEntries = opts.MaxConnections
+	spec.Maps["tracked_procs"].MaxEntries = opts.MaxConnections
 
 	var flags uint32
 	f := opts.Filter
@@ -308,6 +316,11 @@ func (c *Capture) Sweep() int {
 	}
 	for i := range stale {
 		_ = c.objs.Sockets.Delete(&stale[i])
+	}
+	for tgid, ok := range alive {
+		if !ok {
+			_ = c.objs.TrackedProcs.Delete(tgid)
+		}
 	}
 	return len(stale)
 }

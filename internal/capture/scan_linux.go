@@ -42,6 +42,7 @@ func (c *Capture) seedExisting() (int, error) {
 	nets := map[string]*netns{}
 	next := event.ExistingConnBit | 1
 	added := 0
+	perProc := map[uint32]uint32{}
 	for _, d := range procs {
 		pid, err := strconv.Atoi(d.Name())
 		if err != nil || (pid == self && !c.opts.IncludeSelf) {
@@ -112,6 +113,15 @@ func (c *Capture) seedExisting() (int, error) {
 			c.existing = append(c.existing, event.EncodeConn(&open))
 			next++
 			added++
+			perProc[uint32(pid)]++
+		}
+	}
+	// Let the fork program know which processes hold tracked sockets.
+	for pid, n := range perProc {
+		var cur uint32
+		_ = c.objs.TrackedProcs.Lookup(pid, &cur)
+		if err := c.objs.TrackedProcs.Put(pid, cur+n); err != nil {
+			return added, fmt.Errorf("record sockets of pid %d: %w", pid, err)
 		}
 	}
 	return added, nil

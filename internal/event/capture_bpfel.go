@@ -79,7 +79,8 @@ const (
 	CaptureCounterCNT_STALE_FD           CaptureCounter = 9
 	CaptureCounterCNT_CONN_OPENED        CaptureCounter = 10
 	CaptureCounterCNT_FILTERED           CaptureCounter = 11
-	CaptureCounterCNT__MAX               CaptureCounter = 12
+	CaptureCounterCNT_INHERITED          CaptureCounter = 12
+	CaptureCounterCNT__MAX               CaptureCounter = 13
 )
 
 type CaptureDataEvent struct {
@@ -144,6 +145,7 @@ type CaptureSockInfo struct {
 	Inode      uint64
 	SeqEgress  uint64
 	SeqIngress uint64
+	Nonce      uint64
 	Tuple      CaptureConnTuple
 	Role       uint8
 	Pad        [7]uint8
@@ -169,6 +171,7 @@ const (
 	CaptureMapInflight         = "inflight"
 	CaptureMapScratch          = "scratch"
 	CaptureMapSockets          = "sockets"
+	CaptureMapTrackedProcs     = "tracked_procs"
 	CaptureProgEnterClose      = "enter_close"
 	CaptureProgEnterConnect    = "enter_connect"
 	CaptureProgEnterRead       = "enter_read"
@@ -190,6 +193,7 @@ const (
 	CaptureProgExitSendto      = "exit_sendto"
 	CaptureProgExitWrite       = "exit_write"
 	CaptureProgExitWritev      = "exit_writev"
+	CaptureProgOnFork          = "on_fork"
 	CaptureVarCaptureCap       = "capture_cap"
 	CaptureVarCaptureTail      = "capture_tail"
 	CaptureVarFilterFlags      = "filter_flags"
@@ -270,6 +274,7 @@ type CaptureProgramSpecs struct {
 	ExitSendto    *ebpf.ProgramSpec `ebpf:"exit_sendto"`
 	ExitWrite     *ebpf.ProgramSpec `ebpf:"exit_write"`
 	ExitWritev    *ebpf.ProgramSpec `ebpf:"exit_writev"`
+	OnFork        *ebpf.ProgramSpec `ebpf:"on_fork"`
 }
 
 // CaptureMapSpecs contains maps before they are loaded into the kernel.
@@ -286,6 +291,7 @@ type CaptureMapSpecs struct {
 	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
+	TrackedProcs  *ebpf.MapSpec `ebpf:"tracked_procs"`
 }
 
 // CaptureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -339,6 +345,7 @@ type CaptureMaps struct {
 	Inflight      *ebpf.Map `ebpf:"inflight"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
 	Sockets       *ebpf.Map `ebpf:"sockets"`
+	TrackedProcs  *ebpf.Map `ebpf:"tracked_procs"`
 }
 
 func (m *CaptureMaps) Close() error {
@@ -353,6 +360,7 @@ func (m *CaptureMaps) Close() error {
 		m.Inflight,
 		m.Scratch,
 		m.Sockets,
+		m.TrackedProcs,
 	)
 }
 
@@ -402,6 +410,7 @@ type CapturePrograms struct {
 	ExitSendto    *ebpf.Program `ebpf:"exit_sendto"`
 	ExitWrite     *ebpf.Program `ebpf:"exit_write"`
 	ExitWritev    *ebpf.Program `ebpf:"exit_writev"`
+	OnFork        *ebpf.Program `ebpf:"on_fork"`
 }
 
 func (p *CapturePrograms) Close() error {
@@ -427,6 +436,7 @@ func (p *CapturePrograms) Close() error {
 		p.ExitSendto,
 		p.ExitWrite,
 		p.ExitWritev,
+		p.OnFork,
 	)
 }
 

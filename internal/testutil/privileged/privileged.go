@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -63,17 +64,26 @@ func ProgramsHeldBySelf(t testing.TB) []ebpf.ProgramID {
 
 // RequireUnloaded fails t if any of ids is still in the kernel's program
 // list (a program with no fd, link or pin left is freed by the kernel).
+// Links of BTF tracepoints are released after an RCU grace period, so the
+// kernel is given a few seconds.
 func RequireUnloaded(t testing.TB, ids []ebpf.ProgramID) {
 	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
 	for _, id := range ids {
-		p, err := ebpf.NewProgramFromID(id)
-		if err == nil {
+		for {
+			p, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				if !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("look up program %d: %v", id, err)
+				}
+				break
+			}
 			p.Close()
-			t.Errorf("program %d is still loaded", id)
-			continue
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("look up program %d: %v", id, err)
+			if time.Now().After(deadline) {
+				t.Errorf("program %d is still loaded", id)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }
