@@ -48,8 +48,9 @@ func freePort(t *testing.T) int {
 }
 
 // startCollector runs bin/otelcol-ebpf with config and stops it (SIGTERM,
-// then SIGKILL after 10 s) when the test ends.
-func startCollector(t *testing.T, config string) {
+// then SIGKILL after 10 s) when the test ends. It returns the path of the
+// collector's log.
+func startCollector(t *testing.T, config string) string {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "config.yaml")
@@ -76,6 +77,7 @@ func startCollector(t *testing.T, config string) {
 			t.Logf("collector log:\n%s", b)
 		}
 	})
+	return logPath
 }
 
 // scrape fetches a Prometheus text exposition.
