@@ -629,117 +629,59 @@ static __always_inline void finish(long ret, __u8 dir, __u8 source)
 // sit at the same offsets as in raw_syscalls' sys_enter/sys_exit.
 #define ARG(ctx, i) ((ctx)->args[i])
 
-SEC("tracepoint/syscalls/sys_enter_read")
-int enter_read(struct trace_event_raw_sys_enter *ctx)
-{
-	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
-	return 0;
-}
+// One enter/exit pair per data syscall. Buffer syscalls pass (fd, buf);
+// vector syscalls pass (fd, iov, iovcnt); msg syscalls pass (fd, msghdr).
+#define BUF_SYSCALL(name, dir, source)                                   \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
+	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
+	{                                                                 \
+		remember(ARG(ctx, 0), ARG(ctx, 1), 0);                    \
+		return 0;                                                 \
+	}                                                                 \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
+	int exit_##name(struct trace_event_raw_sys_exit *ctx)             \
+	{                                                                 \
+		finish(ctx->ret, dir, source);                            \
+		return 0;                                                 \
+	}
 
-SEC("tracepoint/syscalls/sys_exit_read")
-int exit_read(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_INGRESS, SRC_READ);
-	return 0;
-}
+#define IOV_SYSCALL(name, dir, source)                                   \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
+	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
+	{                                                                 \
+		remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));          \
+		return 0;                                                 \
+	}                                                                 \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
+	int exit_##name(struct trace_event_raw_sys_exit *ctx)             \
+	{                                                                 \
+		finish(ctx->ret, dir, source);                            \
+		return 0;                                                 \
+	}
 
-SEC("tracepoint/syscalls/sys_enter_write")
-int enter_write(struct trace_event_raw_sys_enter *ctx)
-{
-	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
-	return 0;
-}
+#define MSG_SYSCALL(name, dir, source)                                   \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
+	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
+	{                                                                 \
+		remember_msg(ARG(ctx, 0), ARG(ctx, 1));                   \
+		return 0;                                                 \
+	}                                                                 \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
+	int exit_##name(struct trace_event_raw_sys_exit *ctx)             \
+	{                                                                 \
+		finish(ctx->ret, dir, source);                            \
+		return 0;                                                 \
+	}
 
-SEC("tracepoint/syscalls/sys_exit_write")
-int exit_write(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_EGRESS, SRC_WRITE);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int enter_readv(struct trace_event_raw_sys_enter *ctx)
-{
-	remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_readv")
-int exit_readv(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_INGRESS, SRC_READV);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int enter_writev(struct trace_event_raw_sys_enter *ctx)
-{
-	remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_writev")
-int exit_writev(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_EGRESS, SRC_WRITEV);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{
-	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_INGRESS, SRC_RECVFROM);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct trace_event_raw_sys_enter *ctx)
-{
-	remember(ARG(ctx, 0), ARG(ctx, 1), 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_EGRESS, SRC_SENDTO);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	remember_msg(ARG(ctx, 0), ARG(ctx, 1));
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_INGRESS, SRC_RECVMSG);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
-{
-	remember_msg(ARG(ctx, 0), ARG(ctx, 1));
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
-{
-	finish(ctx->ret, DIR_EGRESS, SRC_SENDMSG);
-	return 0;
-}
+BUF_SYSCALL(read, DIR_INGRESS, SRC_READ)
+BUF_SYSCALL(write, DIR_EGRESS, SRC_WRITE)
+IOV_SYSCALL(readv, DIR_INGRESS, SRC_READV)
+IOV_SYSCALL(writev, DIR_EGRESS, SRC_WRITEV)
+// recvfrom/sendto on a connected stream socket: the address is unused.
+BUF_SYSCALL(recvfrom, DIR_INGRESS, SRC_RECVFROM)
+BUF_SYSCALL(sendto, DIR_EGRESS, SRC_SENDTO)
+MSG_SYSCALL(recvmsg, DIR_INGRESS, SRC_RECVMSG)
+MSG_SYSCALL(sendmsg, DIR_EGRESS, SRC_SENDMSG)
 
 // ---------------------------------------------------------------------------
 // Connection lifecycle.
