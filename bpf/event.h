@@ -38,11 +38,14 @@ enum data_source {
 	SRC_SENDTO = 6,
 	SRC_RECVMSG = 7,
 	SRC_SENDMSG = 8,
+	SRC_SSL_READ = 9,  // plaintext returned by SSL_read/SSL_read_ex
+	SRC_SSL_WRITE = 10, // plaintext given to SSL_write/SSL_write_ex
 };
 
 // data_event.flags
 #define DATA_FLAG_LAST 0x01      // last record emitted for this syscall
 #define DATA_FLAG_TRUNCATED 0x02 // the syscall moved more bytes than were captured
+#define DATA_FLAG_TLS 0x04       // plaintext from a TLS library, not socket bytes
 
 // Bytes of payload in one record. A syscall larger than this becomes several
 // records; one larger than the configured capture cap is captured head and
@@ -128,7 +131,9 @@ enum counter {
 	CNT_CONN_OPENED = 10,     // sockets entered into the table by the kernel side
 	CNT_FILTERED = 11,        // connects/accepts rejected by the filters
 	CNT_INHERITED = 12,       // sockets a forked child took over from its parent
-	CNT__MAX = 13,
+	CNT_TLS_NO_FD = 13,       // TLS calls whose socket was never seen (plaintext lost)
+	CNT_TLS_BUSY = 14,        // TLS calls lost: another TLS capture was running on the CPU
+	CNT__MAX = 15,
 };
 
 // Key of the socket table.
@@ -149,7 +154,8 @@ struct sock_info {
 	__u64 nonce;       // conn_event.nonce, kept for copies made at fork
 	struct conn_tuple tuple;
 	__u8 role;
-	__u8 _pad[7];
+	__u8 tls; // the socket carries TLS: its bytes are ciphertext, not captured
+	__u8 _pad[6];
 };
 
 #endif // EBPFRECV_EVENT_H

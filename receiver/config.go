@@ -18,6 +18,9 @@ type Config struct {
 	Postgres PostgresConfig `mapstructure:"postgres"`
 	// GRPC turns gRPC over HTTP/2 into spans.
 	GRPC GRPCConfig `mapstructure:"grpc"`
+	// TLS captures plaintext where applications hand it to their TLS
+	// library.
+	TLS TLSConfig `mapstructure:"tls"`
 	// Resource shapes the resource attributes of spans.
 	Resource ResourceConfig `mapstructure:"resource"`
 	// MapPressure samples every eBPF map on the host.
@@ -68,6 +71,16 @@ type GRPCConfig struct {
 	LegacyAttributes bool `mapstructure:"legacy_attributes"`
 	// SpanKinds lists which ends emit spans: "client", "server".
 	SpanKinds []string `mapstructure:"span_kinds"`
+}
+
+// TLSConfig configures TLS plaintext capture.
+type TLSConfig struct {
+	// OpenSSL attaches uprobes to SSL_read/SSL_write(_ex) of the libssl
+	// that watched processes load (every process's, with no filter).
+	OpenSSL bool `mapstructure:"openssl"`
+	// Libraries are further libraries exporting the OpenSSL API (paths or
+	// file names), e.g. a vendored libssl.
+	Libraries []string `mapstructure:"libraries"`
 }
 
 // ResourceConfig shapes resource attributes.

@@ -26,6 +26,7 @@ func createDefaultConfig() component.Config {
 		Postgres: PostgresConfig{Enabled: true, QueryText: "obfuscated", SpanKinds: []string{"client", "server"}},
 		GRPC:     GRPCConfig{Enabled: true, SpanKinds: []string{"client", "server"}},
 		Resource: ResourceConfig{CommandLine: true},
+		TLS:      TLSConfig{OpenSSL: true},
 		MapPressure: MapPressureConfig{
 			Enabled:                  true,
 			CollectionInterval:       10 * time.Second,
@@ -35,7 +36,7 @@ func createDefaultConfig() component.Config {
 		},
 		Limits: LimitsConfig{
 			MaxConnections:         65536,
-			CaptureBytes:           16384,
+			CaptureBytes:           65536,
 			CaptureTailBytes:       4096,
 			RingBufferBytes:        8 << 20,
 			RingBufferWakeupBytes:  256 << 10,

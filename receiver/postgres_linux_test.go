@@ -112,8 +112,8 @@ func pgScenario() []pgStep {
 			_, err := c.CopyFrom(ctx, pgx.Identifier{"items"}, []string{"id", "name"}, pgx.CopyFromRows(rows))
 			return err
 		}},
-		// Larger than the 16 KiB capture cap: captured head and tail.
-		{run: query("SELECT length('"+strings.Repeat("x", 40000)+"') AS big", simple)},
+		// Larger than the 64 KiB capture cap: captured head and tail.
+		{run: query("SELECT length('"+strings.Repeat("x", 100000)+"') AS big", simple)},
 		{run: func(ctx context.Context, c *pgx.Conn) error {
 			tx, err := c.Begin(ctx)
 			if err != nil {
@@ -333,7 +333,7 @@ func TestPostgresPgxScenario(t *testing.T) {
 		require.NotContains(t, s.attr("db.query.text"), "alpha", "no literal leaves in the default configuration")
 	}
 	require.Equal(t, "1", client[2].attr("db.response.returned_rows"))
-	require.Equal(t, "true", client[len(client)-4].attr("ebpf.capture.query_text_truncated"), "the 40 kB query was cut by the capture cap")
+	require.Equal(t, "true", client[len(client)-4].attr("ebpf.capture.query_text_truncated"), "the 100 kB query was cut by the capture cap")
 
 	// The server's backend saw the same queries: each is the child of the
 	// client's span, in the same trace.

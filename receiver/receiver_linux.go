@@ -77,6 +77,7 @@ func captureOptions(cfg *Config) capture.Options {
 		WakeupBytes:     uint64(l.RingBufferWakeupBytes),
 		PollInterval:    l.RingBufferPollInterval,
 		ScanExisting:    true,
+		TLS:             capture.TLSOptions{OpenSSL: cfg.TLS.OpenSSL, Libraries: cfg.TLS.Libraries},
 	}
 }
 
@@ -327,6 +328,9 @@ func (e *engine) emitSelfMetrics(ctx context.Context) {
 		{int64(s.DecodeErrors.Load() + s.UnknownRecords.Load()), metadata.AttributeReasonDecodeError},
 		{int64(s.ParserPanics.Load()), metadata.AttributeReasonParserPanic},
 		{int64(e.tracer.dropped.Load()), metadata.AttributeReasonExportQueueFull},
+		{i(event.CaptureCounterCNT_TLS_NO_FD), metadata.AttributeReasonTLSFdUnknown},
+		{i(event.CaptureCounterCNT_TLS_BUSY), metadata.AttributeReasonTLSBusy},
+		{int64(s.CiphertextRecords.Load()), metadata.AttributeReasonTLSCiphertext},
 	}
 	for _, d := range drops {
 		mb.RecordEbpfCaptureDropsDataPoint(now, d.v, d.r)
@@ -349,6 +353,8 @@ func (e *engine) emitSelfMetrics(ctx context.Context) {
 		mb.RecordEbpfCaptureConnectionsEndedDataPoint(now, d.v, d.r)
 	}
 	mb.RecordEbpfCaptureRingbufUsedDataPoint(now, int64(e.capture.RingBufferUsed()))
+	mb.RecordEbpfCaptureTLSConnectionsDataPoint(now, int64(s.TLSConns.Load()))
+	mb.RecordEbpfCaptureTLSProbedDataPoint(now, int64(e.capture.TLSTargets()))
 	e.tracer.recordParserEvents(mb, now)
 	e.consumeMetrics(ctx)
 }

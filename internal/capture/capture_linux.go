@@ -30,6 +30,11 @@ const (
 	commLen       = 16
 )
 
+// tlsScanInterval is how often processes are looked at for TLS libraries
+// to probe. A process that starts and talks TLS within it is missed until
+// its next TLS call after the scan.
+const tlsScanInterval = 500 * time.Millisecond
+
 // Sink receives raw ring-buffer records (valid only during the call) and a
 // tick whenever the reader was idle for a poll interval.
 type Sink interface {
@@ -48,6 +53,9 @@ type Capture struct {
 	existing [][]byte // synthetic open records for sockets found at start
 	// cgroupRoot is the cgroup v2 mount, for the start-up scan's filter.
 	cgroupRoot string
+	// tls are the TLS library probes (nil when off).
+	tls       *tlsProbes
+	lastTLSAt time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -130,17 +138,22 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 	c.links = append(c.links, fork)
 	// The scan runs after attaching: a socket opened in between is then seen
 	// by both, and the kernel's entry wins (the scan inserts with NOEXIST).
-	if opts.ScanExisting {
-		if len(opts.Filter.Cgroups) > 0 {
-			if c.cgroupRoot, err = cgroupv2.Root(); err != nil {
-				return nil, fmt.Errorf("filter.cgroups: %w", err)
-			}
+	if len(opts.Filter.Cgroups) > 0 {
+		if c.cgroupRoot, err = cgroupv2.Root(); err != nil {
+			return nil, fmt.Errorf("filter.cgroups: %w", err)
 		}
+	}
+	if opts.ScanExisting {
 		n, err := c.seedExisting()
 		if err != nil {
 			return nil, err
 		}
 		logger.Info("seeded socket table with open connections", zap.Int("connections", n))
+	}
+	if opts.TLS.OpenSSL {
+		if err := c.startTLS(); err != nil {
+			return nil, err
+		}
 	}
 	c.reader, err = ringbuf.NewReader(c.objs.Events)
 	if err != nil {
@@ -252,7 +265,13 @@ func (c *Capture) Run(sink Sink) error {
 			sink.Record(rec.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			armed = false
-			sink.Tick(time.Now())
+			now := time.Now()
+			if c.tls != nil && now.Sub(c.lastTLSAt) >= tlsScanInterval {
+				// New processes may load a TLS library: probe them.
+				c.lastTLSAt = now
+				c.scanTLS()
+			}
+			sink.Tick(now)
 		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
 			return nil
 		default:
@@ -331,6 +350,9 @@ func (c *Capture) Close() error {
 		var errs []error
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())
+		}
+		if c.tls != nil {
+			errs = append(errs, c.tls.close())
 		}
 		for _, l := range c.links {
 			errs = append(errs, l.Close())

@@ -49,7 +49,19 @@ type Options struct {
 	// ScanExisting seeds the socket table with the matching processes'
 	// sockets that are already open.
 	ScanExisting bool
+	// TLS configures plaintext capture from TLS libraries.
+	TLS TLSOptions
 	// IncludeSelf captures the calling process too. The receiver never
 	// sets it (its own exports would be captured); tests do.
 	IncludeSelf bool
+}
+
+// TLSOptions configure uprobes on TLS libraries.
+type TLSOptions struct {
+	// OpenSSL probes SSL_read/SSL_write(_ex) in the libssl of watched
+	// processes (every process when no filter is set).
+	OpenSSL bool
+	// Libraries are further paths (or base names) of libraries that export
+	// the OpenSSL API, e.g. a vendored build.
+	Libraries []string
 }

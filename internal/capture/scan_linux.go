@@ -106,6 +106,8 @@ func (c *Capture) seedExisting() (int, error) {
 			open := event.CaptureConnEvent{
 				Type: event.TypeConnOpen, Role: role, Pid: uint32(pid), Tid: uint32(pid),
 				Fd: int32(fd), ConnId: next, Inode: inode,
+				// Stamped like kernel records, so idle expiry counts from now.
+				TsNs: MonotonicNow(),
 			}
 			open.Tuple = ent.tuple
 			copyCString(open.Comm[:], strings.TrimSpace(string(comm)))

@@ -25,6 +25,8 @@ type CaptureCapState struct {
 	SkipAt  uint32
 	SkipTo  uint32
 	Seq     uint64
+	Slot    uint32
+	Busy    uint32
 }
 
 type CaptureConnEvent struct {
@@ -80,7 +82,9 @@ const (
 	CaptureCounterCNT_CONN_OPENED        CaptureCounter = 10
 	CaptureCounterCNT_FILTERED           CaptureCounter = 11
 	CaptureCounterCNT_INHERITED          CaptureCounter = 12
-	CaptureCounterCNT__MAX               CaptureCounter = 13
+	CaptureCounterCNT_TLS_NO_FD          CaptureCounter = 13
+	CaptureCounterCNT_TLS_BUSY           CaptureCounter = 14
+	CaptureCounterCNT__MAX               CaptureCounter = 15
 )
 
 type CaptureDataEvent struct {
@@ -106,14 +110,16 @@ type CaptureDataEvent struct {
 type CaptureDataSource uint32
 
 const (
-	CaptureDataSourceSRC_READ     CaptureDataSource = 1
-	CaptureDataSourceSRC_WRITE    CaptureDataSource = 2
-	CaptureDataSourceSRC_READV    CaptureDataSource = 3
-	CaptureDataSourceSRC_WRITEV   CaptureDataSource = 4
-	CaptureDataSourceSRC_RECVFROM CaptureDataSource = 5
-	CaptureDataSourceSRC_SENDTO   CaptureDataSource = 6
-	CaptureDataSourceSRC_RECVMSG  CaptureDataSource = 7
-	CaptureDataSourceSRC_SENDMSG  CaptureDataSource = 8
+	CaptureDataSourceSRC_READ      CaptureDataSource = 1
+	CaptureDataSourceSRC_WRITE     CaptureDataSource = 2
+	CaptureDataSourceSRC_READV     CaptureDataSource = 3
+	CaptureDataSourceSRC_WRITEV    CaptureDataSource = 4
+	CaptureDataSourceSRC_RECVFROM  CaptureDataSource = 5
+	CaptureDataSourceSRC_SENDTO    CaptureDataSource = 6
+	CaptureDataSourceSRC_RECVMSG   CaptureDataSource = 7
+	CaptureDataSourceSRC_SENDMSG   CaptureDataSource = 8
+	CaptureDataSourceSRC_SSL_READ  CaptureDataSource = 9
+	CaptureDataSourceSRC_SSL_WRITE CaptureDataSource = 10
 )
 
 type CaptureDirection uint32
@@ -148,13 +154,31 @@ type CaptureSockInfo struct {
 	Nonce      uint64
 	Tuple      CaptureConnTuple
 	Role       uint8
-	Pad        [7]uint8
+	Tls        uint8
+	Pad        [6]uint8
 }
 
 type CaptureSockKey struct {
 	_    structs.HostLayout
 	Tgid uint32
 	Fd   int32
+}
+
+type CaptureSslKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Pad  uint32
+	Ssl  uint64
+}
+
+type CaptureTlsCall struct {
+	_      structs.HostLayout
+	Ssl    uint64
+	Buf    uint64
+	LenPtr uint64
+	Dir    uint8
+	Ex     uint8
+	Pad    [6]uint8
 }
 
 // Names of all BPF objects in the ELF.
@@ -171,6 +195,8 @@ const (
 	CaptureMapInflight         = "inflight"
 	CaptureMapScratch          = "scratch"
 	CaptureMapSockets          = "sockets"
+	CaptureMapSslFds           = "ssl_fds"
+	CaptureMapTlsCalls         = "tls_calls"
 	CaptureMapTrackedProcs     = "tracked_procs"
 	CaptureProgEnterClose      = "enter_close"
 	CaptureProgEnterConnect    = "enter_connect"
@@ -291,6 +317,8 @@ type CaptureMapSpecs struct {
 	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
+	SslFds        *ebpf.MapSpec `ebpf:"ssl_fds"`
+	TlsCalls      *ebpf.MapSpec `ebpf:"tls_calls"`
 	TrackedProcs  *ebpf.MapSpec `ebpf:"tracked_procs"`
 }
 
@@ -345,6 +373,8 @@ type CaptureMaps struct {
 	Inflight      *ebpf.Map `ebpf:"inflight"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
 	Sockets       *ebpf.Map `ebpf:"sockets"`
+	SslFds        *ebpf.Map `ebpf:"ssl_fds"`
+	TlsCalls      *ebpf.Map `ebpf:"tls_calls"`
 	TrackedProcs  *ebpf.Map `ebpf:"tracked_procs"`
 }
 
@@ -360,6 +390,8 @@ func (m *CaptureMaps) Close() error {
 		m.Inflight,
 		m.Scratch,
 		m.Sockets,
+		m.SslFds,
+		m.TlsCalls,
 		m.TrackedProcs,
 	)
 }

@@ -22,6 +22,7 @@ const (
 const (
 	FlagLast      = 0x01
 	FlagTruncated = 0x02
+	FlagTLS       = 0x04 // plaintext from a TLS library, not socket bytes
 )
 
 // Address families, as in linux/socket.h.
@@ -49,6 +50,7 @@ var (
 	ErrShort       = errors.New("record shorter than its header")
 	ErrUnknownType = errors.New("unknown record type")
 	ErrBadLength   = errors.New("record length fields disagree")
+	ErrBadValue    = errors.New("record field out of its range")
 )
 
 // Type returns the record type byte, or 0 for an empty record.
@@ -97,6 +99,10 @@ func Conn(raw []byte) (*CaptureConnEvent, error) {
 	}
 	if raw[0] != TypeConnOpen && raw[0] != TypeConnClose {
 		return nil, fmt.Errorf("type %d is not a connection record: %w", raw[0], ErrUnknownType)
+	}
+	// The role indexes per-role tables downstream: only enum conn_role.
+	if role := raw[unsafe.Offsetof(CaptureConnEvent{}.Role)]; role > uint8(CaptureConnRoleROLE_SERVER) {
+		return nil, fmt.Errorf("role %d: %w", role, ErrBadValue)
 	}
 	if !aligned(raw) {
 		raw = append(make([]byte, 0, len(raw)), raw...)

@@ -82,8 +82,8 @@ const (
 	StatusTrailers
 	// StatusReset: derived from the RST_STREAM error code the way gRPC
 	// clients map HTTP/2 error codes (CANCEL is CANCELLED, REFUSED_STREAM is
-	// UNAVAILABLE, ...), or DEADLINE_EXCEEDED for a client CANCEL sent after
-	// the request's grpc-timeout elapsed.
+	// UNAVAILABLE, ...), or DEADLINE_EXCEEDED for a CANCEL (from either
+	// end) sent after the request's grpc-timeout elapsed.
 	StatusReset
 	// StatusGoAway: UNAVAILABLE, the status a client reports for a stream
 	// the server refused with GOAWAY.
@@ -158,6 +158,12 @@ type Call struct {
 	GRPCStatus int
 	// HasStatus is set when GRPCStatus holds a code.
 	HasStatus bool
+	// StatusUnknown: the response ended with trailers (or Trailers-Only)
+	// whose header block could not be fully decoded (it refers to HPACK
+	// dynamic table entries made before capture began, or bytes of it were
+	// lost), so the grpc-status it most likely carried is unknown. The call
+	// did end normally on the wire. HasStatus is false.
+	StatusUnknown bool
 	// StatusSource says whether the status was sent or derived.
 	StatusSource StatusSource
 	// GRPCMessage is the percent-decoded grpc-message.

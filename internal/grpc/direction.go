@@ -741,6 +741,7 @@ func (d *dirState) finishBlock() {
 		sd.blocks++
 	}
 	if b.endStream {
+		sd.endUndec = b.unknown
 		p.sideEnded(s, d, true)
 	}
 }

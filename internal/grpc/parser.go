@@ -115,6 +115,7 @@ type side struct {
 	headers   bool // a HEADERS frame was seen
 	ended     bool // END_STREAM was seen
 	endByHdrs bool // END_STREAM came on a HEADERS frame
+	endUndec  bool // the header block carrying END_STREAM was not fully decoded
 	blocks    uint8
 	trailOnly bool // the first header block ended the stream
 	lost      bool // bytes inside this side's DATA were lost
@@ -478,7 +479,11 @@ func (p *Parser) sideEnded(s *streamState, d *dirState, viaHeaders bool) {
 	sd.ended = true
 	sd.endByHdrs = viaHeaders
 	sd.endSeq = p.seq
-	sd.trailOnly = viaHeaders && sd.blocks == 1
+	// Trailers-Only is a response of one HEADERS frame and nothing else
+	// (gRPC over HTTP/2, "Responses"): a block that follows DATA, or bytes
+	// of this direction lost since the stream began (they may have held the
+	// response's first HEADERS), rule it out.
+	sd.trailOnly = viaHeaders && sd.blocks == 1 && sd.firstData == 0 && s.gap[d.idx] == d.gap
 	if sd.framing == framingOK && (sd.prefN != 0 || sd.msgLeft != 0) {
 		sd.framing = framingTruncated
 	}
@@ -672,10 +677,14 @@ func (p *Parser) report(s *streamState, reason EndReason, ts uint64, code uint32
 		c.GRPCStatus, c.StatusSource = resp.f.grpcStatus, StatusTrailers
 	case reason == EndReset:
 		c.GRPCStatus, c.StatusSource = rstToCode(code), StatusReset
-		// A client's deadline expiring is seen on the wire as the client
-		// cancelling the stream (RST_STREAM CANCEL) once the grpc-timeout
-		// it announced has elapsed.
-		if code == uint32(http2.ErrCodeCancel) && byClient && c.Timeout > 0 && ts >= c.Start {
+		// A deadline expiring is seen on the wire as RST_STREAM CANCEL once
+		// the request's grpc-timeout has elapsed, sent by either end: the
+		// client when its deadline passes, the server when the grpc-timeout
+		// it received runs out (grpc-go's server resets the stream then,
+		// possibly before the client's own timer fires). A client that
+		// receives CANCEL after its deadline reports DEADLINE_EXCEEDED, as
+		// does a server handler whose deadline passed.
+		if code == uint32(http2.ErrCodeCancel) && c.Timeout > 0 && ts >= c.Start {
 			tolerance := 2_000_000 + c.Timeout/100
 			if ts-c.Start+tolerance >= c.Timeout {
 				c.GRPCStatus = codeDeadlineExceeded
@@ -687,6 +696,10 @@ func (p *Parser) report(s *streamState, reason EndReason, ts uint64, code uint32
 		c.GRPCStatus, c.StatusSource = httpToCode(c.HTTPStatus), StatusHTTP
 	}
 	c.HasStatus = c.GRPCStatus >= 0
+	// Trailers that could not be decoded may well have held a grpc-status
+	// (gRPC over HTTP/2: Trailers and Trailers-Only carry Status): the
+	// status is unknown, not absent.
+	c.StatusUnknown = !c.HasStatus && resp.ended && resp.endByHdrs && resp.endUndec
 	if reason == EndReset || reason == EndGoAway {
 		c.ResetCode = code
 		c.ResetByClient = byClient

@@ -66,10 +66,11 @@ func (b *Builder) Call(p procmeta.Info, conn *stream.ConnInfo, c *grpc.Call, ser
 		span.SetName(method)
 	}
 	attrs := span.Attributes()
+	attrs.EnsureCapacity(spanAttrsCap) // one allocation instead of a growth per doubling
 	attrs.PutStr("rpc.system.name", "grpc")
 	attrs.PutStr("rpc.method", method)
 
-	putNetwork(attrs, conn, server)
+	b.putNetwork(attrs, conn, server)
 	if !server && c.Authority != "" && conn.Transport == "tcp" {
 		// The client names the server it meant in :authority.
 		host, port := splitAuthority(c.Authority)
@@ -83,7 +84,7 @@ func (b *Builder) Call(p procmeta.Info, conn *stream.ConnInfo, c *grpc.Call, ser
 	if c.HTTPStatus != 0 && c.HTTPStatus != 200 {
 		attrs.PutInt("http.response.status_code", int64(c.HTTPStatus))
 	}
-	putCaptureFlags(attrs, conn, c.Lost || c.Partial || c.EndReason == grpc.EndExpired || c.EndReason == grpc.EndConnClosed)
+	putCaptureFlags(attrs, conn, c.Lost || c.Partial || c.StatusUnknown || c.EndReason == grpc.EndExpired || c.EndReason == grpc.EndConnClosed)
 	attrs.PutStr("ebpf.rpc.end_reason", c.EndReason.String())
 
 	if opts.LegacyAttributes {
@@ -93,6 +94,12 @@ func (b *Builder) Call(p procmeta.Info, conn *stream.ConnInfo, c *grpc.Call, ser
 		}
 	}
 
+	if c.StatusUnknown {
+		// The call ended with trailers we could not decode: its outcome is
+		// unknown, which is not the same as failed (span status stays
+		// Unset, no error.type); ebpf.capture.incomplete says so.
+		return
+	}
 	if !c.HasStatus {
 		// No status ever arrived: the call ended by connection close, expiry
 		// or a missing trailer.

@@ -26,9 +26,10 @@ func (b *Builder) Query(p procmeta.Info, conn *stream.ConnInfo, q *postgres.Quer
 
 	var sum sqlsan.Result
 	if !q.TextUnknown {
-		sum = sqlsan.Sanitize(q.Text, opts.QueryText)
+		sum = b.sanitize(q.Text, opts.QueryText)
 	}
 	attrs := span.Attributes()
+	attrs.EnsureCapacity(spanAttrsCap) // one allocation instead of a growth per doubling
 	attrs.PutStr("db.system.name", "postgresql")
 	if q.Database != "" {
 		attrs.PutStr("db.namespace", q.Database)
@@ -62,7 +63,7 @@ func (b *Builder) Query(p procmeta.Info, conn *stream.ConnInfo, q *postgres.Quer
 	if q.TextTruncated {
 		attrs.PutBool("ebpf.capture.query_text_truncated", true)
 	}
-	putNetwork(attrs, conn, server)
+	b.putNetwork(attrs, conn, server)
 	putCaptureFlags(attrs, conn, q.Incomplete)
 
 	switch {

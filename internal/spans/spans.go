@@ -7,14 +7,15 @@ package spans
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strconv"
 
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/procmeta"
+	"github.com/ebpfotel/ebpfreceiver/internal/sqlsan"
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
 )
 
@@ -41,6 +42,59 @@ type Builder struct {
 	// wallOffset converts kernel CLOCK_MONOTONIC nanoseconds to Unix time.
 	wallOffset int64
 	rnd        *rand.ChaCha8
+	// Per-span work that depends only on its input, remembered (bounded):
+	// the text of an address, the sanitized form of a query text (a
+	// prepared statement runs the same text again and again).
+	addrs     map[netip.Addr]string
+	sanitized map[sanitizeKey]sqlsan.Result
+}
+
+// Bounds of the builder's caches; a full cache is cleared.
+const (
+	addrCacheSize     = 1024
+	sanitizeCacheSize = 256
+	// sanitizeCacheText: longer texts are sanitized every time rather than
+	// kept (the cache holds at most 256 KiB of query text).
+	sanitizeCacheText = 1024
+)
+
+// spanAttrsCap is room for the attributes of a typical span (about 15).
+const spanAttrsCap = 16
+
+type sanitizeKey struct {
+	text string
+	mode sqlsan.Mode
+}
+
+// addrString is a.String(), cached.
+func (b *Builder) addrString(a netip.Addr) string {
+	if s, ok := b.addrs[a]; ok {
+		return s
+	}
+	s := a.String()
+	if len(b.addrs) >= addrCacheSize {
+		clear(b.addrs)
+	}
+	b.addrs[a] = s
+	return s
+}
+
+// sanitize is sqlsan.Sanitize (a pure function of text and mode), cached
+// for short texts.
+func (b *Builder) sanitize(text string, mode sqlsan.Mode) sqlsan.Result {
+	if len(text) > sanitizeCacheText {
+		return sqlsan.Sanitize(text, mode)
+	}
+	k := sanitizeKey{text, mode}
+	if r, ok := b.sanitized[k]; ok {
+		return r
+	}
+	r := sqlsan.Sanitize(text, mode)
+	if len(b.sanitized) >= sanitizeCacheSize {
+		clear(b.sanitized)
+	}
+	b.sanitized[k] = r
+	return r
 }
 
 // NewBuilder returns an empty builder.
@@ -48,7 +102,10 @@ func NewBuilder(opts Options) *Builder {
 	var seed [32]byte
 	binary.LittleEndian.PutUint64(seed[:], rand.Uint64())
 	binary.LittleEndian.PutUint64(seed[8:], rand.Uint64())
-	b := &Builder{opts: opts, rnd: rand.NewChaCha8(seed)}
+	b := &Builder{
+		opts: opts, rnd: rand.NewChaCha8(seed),
+		addrs: make(map[netip.Addr]string), sanitized: make(map[sanitizeKey]sqlsan.Result),
+	}
 	b.reset()
 	return b
 }
@@ -128,7 +185,9 @@ type Link struct {
 func (b *Builder) ids(proto string, conn *stream.ConnInfo, ordinal uint64) (pcommon.TraceID, pcommon.SpanID, pcommon.SpanID) {
 	var trace pcommon.TraceID
 	var client, server pcommon.SpanID
-	if conn.Nonce == 0 {
+	// A connection joined mid-stream numbers its requests from where
+	// capture began, which need not be where the other end began.
+	if conn.Nonce == 0 || conn.Preexisting {
 		var buf [32]byte
 		_, _ = b.rnd.Read(buf[:]) // ChaCha8.Read never fails
 		copy(trace[:], buf[:16])
@@ -136,25 +195,50 @@ func (b *Builder) ids(proto string, conn *stream.ConnInfo, ordinal uint64) (pcom
 		copy(server[:], buf[24:32])
 		return trace, client, server
 	}
-	clientEnd, serverEnd := endpoints(conn)
-	h := sha256.New()
-	fmt.Fprintf(h, "%s|%s|%s|%s|%d|%d", proto, conn.Transport, clientEnd, serverEnd, conn.Nonce, ordinal)
-	sum := h.Sum(nil)
+	var buf [192]byte
+	sum := sha256.Sum256(appendIDInput(buf[:0], proto, conn, ordinal))
 	copy(trace[:], sum[:16])
 	copy(client[:], sum[16:24])
 	copy(server[:], sum[24:32])
 	return trace, client, server
 }
 
-// endpoints orders the connection's ends as client, server.
-func endpoints(conn *stream.ConnInfo) (client, server string) {
+// appendIDInput appends what the ids are hashed from: the bytes of
+// fmt.Sprintf("%s|%s|%s|%s|%d|%d", proto, transport, client end, server
+// end, nonce, ordinal), built without fmt (this runs once per span; with a
+// stack buffer it allocates nothing).
+func appendIDInput(b []byte, proto string, conn *stream.ConnInfo, ordinal uint64) []byte {
+	b = append(b, proto...)
+	b = append(b, '|')
+	b = append(b, conn.Transport...)
+	b = append(b, '|')
+	b = appendEndpoints(b, conn)
+	b = append(b, '|')
+	b = strconv.AppendUint(b, conn.Nonce, 10)
+	b = append(b, '|')
+	return strconv.AppendUint(b, ordinal, 10)
+}
+
+// appendEndpoints appends "client|server": the connection's ends, client
+// first, as AddrPort.String writes them (for Unix sockets "" and the path).
+func appendEndpoints(b []byte, conn *stream.ConnInfo) []byte {
 	if conn.Transport == "unix" {
-		return "", conn.UnixPath
+		return append(append(b, '|'), conn.UnixPath...)
 	}
+	client, server := conn.Local, conn.Remote
 	if conn.Role == stream.RoleServer {
-		return conn.Remote.String(), conn.Local.String()
+		client, server = server, client
 	}
-	return conn.Local.String(), conn.Remote.String()
+	return appendAddrPort(append(appendAddrPort(b, client), '|'), server)
+}
+
+// appendAddrPort appends ap.String(): AppendTo writes the same text for a
+// valid AddrPort and nothing for an invalid one.
+func appendAddrPort(b []byte, ap netip.AddrPort) []byte {
+	if !ap.IsValid() {
+		return append(b, ap.String()...)
+	}
+	return ap.AppendTo(b)
 }
 
 // setKindAndIDs gives the span its kind, ids and parent.
@@ -174,7 +258,7 @@ func (b *Builder) setKindAndIDs(span ptrace.Span, proto string, conn *stream.Con
 }
 
 // putNetwork sets server.*, network.peer.* and network.transport.
-func putNetwork(attrs pcommon.Map, conn *stream.ConnInfo, server bool) {
+func (b *Builder) putNetwork(attrs pcommon.Map, conn *stream.ConnInfo, server bool) {
 	if conn.Transport == "unix" {
 		attrs.PutStr("network.transport", "unix")
 		if conn.UnixPath != "" {
@@ -187,8 +271,8 @@ func putNetwork(attrs pcommon.Map, conn *stream.ConnInfo, server bool) {
 	if server {
 		srv = conn.Local
 	}
-	putAddrPort(attrs, "server.address", "server.port", srv)
-	putAddrPort(attrs, "network.peer.address", "network.peer.port", conn.Remote)
+	b.putAddrPort(attrs, "server.address", "server.port", srv)
+	b.putAddrPort(attrs, "network.peer.address", "network.peer.port", conn.Remote)
 	if conn.Remote.Addr().Is6() {
 		attrs.PutStr("network.type", "ipv6")
 	} else {
@@ -196,11 +280,11 @@ func putNetwork(attrs pcommon.Map, conn *stream.ConnInfo, server bool) {
 	}
 }
 
-func putAddrPort(attrs pcommon.Map, addrKey, portKey string, ap netip.AddrPort) {
+func (b *Builder) putAddrPort(attrs pcommon.Map, addrKey, portKey string, ap netip.AddrPort) {
 	if !ap.IsValid() {
 		return
 	}
-	attrs.PutStr(addrKey, ap.Addr().String())
+	attrs.PutStr(addrKey, b.addrString(ap.Addr()))
 	attrs.PutInt(portKey, int64(ap.Port()))
 }
 

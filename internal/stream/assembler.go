@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
@@ -40,6 +41,10 @@ type Stats struct {
 	LiveConns      atomic.Int64  // connections held now
 	ParserPanics   atomic.Uint64 // a parser panicked: connection dropped
 	UnknownRecords atomic.Uint64 // records of an unknown type
+	TLSConns       atomic.Uint64 // connections switched to TLS plaintext
+	// CiphertextRecords are socket records of TLS connections (handshake,
+	// or ciphertext before the library probe saw the connection): skipped.
+	CiphertextRecords atomic.Uint64
 }
 
 // Assembler turns decoded ring-buffer records into per-connection,
@@ -55,7 +60,7 @@ type Assembler struct {
 	conns map[uint64]*conn
 	// ends counts the watched ends of each connection by role, so a server
 	// span can tell whether its client is watched too (see PeerObserved).
-	ends map[peerKey]*[3]int
+	ends map[peerKey]*connEnds
 	// LRU list of connections by last activity, most recent at the front.
 	lru       conn
 	lastSweep uint64
@@ -67,6 +72,9 @@ type detectState uint8
 
 const (
 	detecting detectState = iota
+	// awaitingTLS: the socket bytes are a TLS handshake; the connection
+	// waits for plaintext from a TLS library probe.
+	awaitingTLS
 	detected
 	ignored
 )
@@ -92,7 +100,7 @@ func NewAssembler(cfg Config, detectors []Detector, ignore func(pid uint32, fd i
 	if cfg.DetectBytes <= 0 {
 		cfg.DetectBytes = 4096
 	}
-	a := &Assembler{cfg: cfg, detectors: detectors, ignore: ignore, conns: map[uint64]*conn{}, ends: map[peerKey]*[3]int{}}
+	a := &Assembler{cfg: cfg, detectors: detectors, ignore: ignore, conns: map[uint64]*conn{}, ends: map[peerKey]*connEnds{}}
 	a.lru.prev, a.lru.nextLRU = &a.lru, &a.lru
 	return a
 }
@@ -168,28 +176,39 @@ func (a *Assembler) insert(c *conn) {
 	if k, ok := keyOf(&c.info); ok {
 		n := a.ends[k]
 		if n == nil {
-			n = new([3]int)
+			n = new(connEnds)
 			a.ends[k] = n
 		}
-		n[c.info.Role]++
+		n.open[c.info.Role]++
+		n.seen[c.info.Role] = true
 	}
+}
+
+// connEnds counts the watched ends of one connection by role. seen stays
+// set while any end is open: a server whose request ends after its client
+// closed (expiry, a late answer) still links to the client's span.
+type connEnds struct {
+	open [3]int
+	seen [3]bool
 }
 
 // peerKey names a connection identically at its two ends.
 type peerKey struct {
 	transport string
 	nonce     uint64
-	a, b      string // the two endpoints, ordered
+	a, b      netip.AddrPort // the two endpoints, ordered
 }
 
+// keyOf runs for every span (PeerObserved): it compares and stores the
+// endpoints as values, without formatting them.
 func keyOf(info *ConnInfo) (peerKey, bool) {
 	if info.Nonce == 0 || info.Role == RoleUnknown {
 		return peerKey{}, false
 	}
 	k := peerKey{transport: info.Transport, nonce: info.Nonce}
 	if info.Transport == "tcp" {
-		k.a, k.b = info.Local.String(), info.Remote.String()
-		if k.a > k.b {
+		k.a, k.b = info.Local, info.Remote
+		if k.a.Compare(k.b) > 0 {
 			k.a, k.b = k.b, k.a
 		}
 	}
@@ -208,9 +227,9 @@ func (a *Assembler) PeerObserved(info *ConnInfo) bool {
 		return false
 	}
 	if info.Role == RoleClient {
-		return n[RoleServer] > 0
+		return n.seen[RoleServer]
 	}
-	return n[RoleClient] > 0
+	return n.seen[RoleClient]
 }
 
 func (a *Assembler) touch(c *conn) {
@@ -236,8 +255,8 @@ func (a *Assembler) finish(c *conn, ts uint64) {
 	a.Stats.LiveConns.Add(-1)
 	if k, ok := keyOf(&c.info); ok {
 		if n := a.ends[k]; n != nil {
-			n[c.info.Role]--
-			if n[RoleClient] <= 0 && n[RoleServer] <= 0 {
+			n.open[c.info.Role]--
+			if n.open[RoleClient] <= 0 && n.open[RoleServer] <= 0 {
 				delete(a.ends, k)
 			}
 		}
@@ -283,7 +302,16 @@ func (a *Assembler) data(ev *event.CaptureDataEvent, payload []byte) {
 		c.info.Preexisting = true
 		a.insert(c)
 	}
+	if ev.Flags&event.FlagTLS != 0 && !c.info.TLS {
+		a.startTLS(c, ev.TsNs)
+	}
 	if c.state == ignored {
+		return
+	}
+	if c.info.TLS && ev.Flags&event.FlagTLS == 0 {
+		// Socket bytes of a connection whose plaintext comes from a TLS
+		// library: ciphertext captured before the library was seen.
+		a.Stats.CiphertextRecords.Add(1)
 		return
 	}
 	dir := Direction(ev.Direction)
@@ -305,34 +333,102 @@ func (a *Assembler) data(ev *event.CaptureDataEvent, payload []byte) {
 	c.lastSeen = ev.TsNs
 	a.touch(c)
 
+	if c.state == awaitingTLS {
+		a.awaitTLS(c, dir, payload)
+		return
+	}
 	if c.state == detecting && !a.detect(c, dir, ev.Seq, payload) {
 		return
 	}
 	a.safely(c, func() { c.parser.Data(dir, ev.TsNs, payload, 0) })
 }
 
+// maxCiphertext is how much TLS handshake and ciphertext a connection may
+// carry without plaintext from a TLS library before it is given up (its TLS
+// library is not one we probe: statically linked, rustls, Go...).
+const maxCiphertext = 256 << 10
+
+// looksLikeTLS reports whether data starts with a TLS record header: a
+// handshake (22) or application data (23) record of TLS 1.0-1.3.
+func looksLikeTLS(data []byte) bool {
+	return len(data) >= 3 && (data[0] == 22 || data[0] == 23) && data[1] == 3 && data[2] <= 4
+}
+
+// startTLS switches a connection to the plaintext a TLS library probe
+// captured: what was parsed from socket bytes so far (a PostgreSQL
+// SSLRequest, a TLS handshake) is finished, and detection starts again on
+// the plaintext, which has its own place in the stream offsets.
+func (a *Assembler) startTLS(c *conn, ts uint64) {
+	if c.parser != nil {
+		a.safely(c, func() { c.parser.Close(ts) })
+		c.parser = nil
+	}
+	c.info.TLS = true
+	c.state = detecting
+	c.seen = [2]int{}
+	c.started = [2]bool{}
+	a.Stats.TLSConns.Add(1)
+}
+
+// awaitTLS counts the ciphertext of a connection that waits for plaintext.
+func (a *Assembler) awaitTLS(c *conn, dir Direction, payload []byte) {
+	a.Stats.CiphertextRecords.Add(1)
+	c.seen[dir-1] += len(payload)
+	if c.seen[0]+c.seen[1] >= maxCiphertext {
+		a.ignoreConn(c)
+	}
+}
+
+func (a *Assembler) ignoreConn(c *conn) {
+	c.state = ignored
+	a.Stats.ConnsIgnored.Add(1)
+	if a.ignore != nil {
+		a.ignore(c.info.PID, c.info.FD)
+	}
+}
+
 // detect offers the first bytes of a connection to the detectors. It
 // returns true once a parser owns the connection.
 func (a *Assembler) detect(c *conn, dir Direction, seq uint64, payload []byte) bool {
-	if seq != 0 && !c.info.Preexisting {
+	if seq != 0 && !c.info.Preexisting && !c.info.TLS {
 		// The beginning of this direction was lost: parsers must treat the
 		// connection as joined mid-stream.
 		c.info.Preexisting = true
 	}
+	if a.tryDetect(c, dir, payload) {
+		return true
+	}
+	if c.info.TLS && !c.info.Preexisting {
+		// TLS plaintext whose start the library probe missed (the probe
+		// was attached after the process began talking): the parsers must
+		// take it as joined mid-stream.
+		c.info.Preexisting = true
+		if a.tryDetect(c, dir, payload) {
+			return true
+		}
+		c.info.Preexisting = false
+	}
+	if !c.info.TLS && c.seen[dir-1] == 0 && looksLikeTLS(payload) {
+		// A TLS handshake on the socket: the protocol is inside. Wait for
+		// plaintext from the TLS library probes instead of giving up.
+		c.state = awaitingTLS
+		a.awaitTLS(c, dir, payload)
+		return false
+	}
+	c.seen[dir-1] += len(payload)
+	if c.seen[0] >= a.cfg.DetectBytes || c.seen[1] >= a.cfg.DetectBytes {
+		a.ignoreConn(c)
+	}
+	return false
+}
+
+func (a *Assembler) tryDetect(c *conn, dir Direction, payload []byte) bool {
 	for _, d := range a.detectors {
 		if d.Detect(&c.info, dir, payload) {
 			c.parser = d.New(&c.info)
 			c.state = detected
 			a.Stats.ConnsDetected.Add(1)
 			return true
-		}
-	}
-	c.seen[dir-1] += len(payload)
-	if c.seen[0] >= a.cfg.DetectBytes || c.seen[1] >= a.cfg.DetectBytes {
-		c.state = ignored
-		a.Stats.ConnsIgnored.Add(1)
-		if a.ignore != nil {
-			a.ignore(c.info.PID, c.info.FD)
 		}
 	}
 	return false
@@ -369,7 +465,11 @@ func (a *Assembler) Tick(now uint64) {
 		return
 	}
 	for c := a.lru.prev; c != &a.lru; {
-		if now < c.lastSeen || now-c.lastSeen < a.cfg.IdleTimeoutNs {
+		// Records are read before now is taken, on the same clock: a
+		// connection stamped after now holds a time that broke the
+		// contract. It is expired rather than kept: kept, it would stop
+		// this sweep for every connection behind it, for ever.
+		if c.lastSeen <= now && now-c.lastSeen < a.cfg.IdleTimeoutNs {
 			break // the rest were active more recently
 		}
 		older := c.prev

@@ -217,6 +217,8 @@ func FuzzAssembler(f *testing.F) {
 		a.Record(r2)
 		a.Record(r1)
 		a.Tick(1 << 62)
+		// A connection stamped exactly at the first sweep was not idle yet.
+		a.Tick(1<<62 + 2e9)
 		if a.Len() != 0 {
 			t.Fatalf("expiry left %d connections", a.Len())
 		}
@@ -247,11 +249,14 @@ func TestPeerObserved(t *testing.T) {
 	other.Nonce = 100 // another connection that reused the ports
 	require.False(t, a.PeerObserved(&other))
 
-	close := server
-	close.Type = event.TypeConnClose
-	a.Record(event.EncodeConn(&close))
-	require.False(t, a.PeerObserved(&d.conns[1].info), "the server end closed")
-	require.Empty(t, a.ends[peerKey{}])
+	closeSrv := server
+	closeSrv.Type = event.TypeConnClose
+	a.Record(event.EncodeConn(&closeSrv))
+	require.True(t, a.PeerObserved(&d.conns[1].info), "the server end closed, but was watched: a late client span still links")
+	closeCli := client
+	closeCli.Type = event.TypeConnClose
+	a.Record(event.EncodeConn(&closeCli))
+	require.Empty(t, a.ends, "both ends closed: forgotten")
 }
 
 type expiring struct {
@@ -276,4 +281,50 @@ func TestTickExpiresRequests(t *testing.T) {
 	a.Tick(5.5e9) // within a second of the last sweep: no work
 	a.Tick(7e9)
 	require.Equal(t, []uint64{2e9, 4e9}, p.expired)
+}
+
+func tlsRec(id uint64, dir Direction, seq uint64, payload string) []byte {
+	ev := event.CaptureDataEvent{Type: event.TypeData, Direction: uint8(dir), Flags: event.FlagTLS, Pid: 42, Fd: 7, ConnId: id, TsNs: 3, Seq: seq, TotalLen: uint32(len(payload))}
+	ev.Tuple.Family = event.AFInet
+	return event.EncodeData(&ev, []byte(payload))
+}
+
+func TestAssemblerTLS(t *testing.T) {
+	// Detects only plaintext that starts with "PLAIN".
+	d := &fakeDetector{accept: func(_ Direction, b []byte) bool { return bytes.HasPrefix(b, []byte("PLAIN")) }, conns: map[uint64]*fedConn{}}
+	var forgot []int32
+	a := NewAssembler(Config{DetectBytes: 64}, []Detector{d}, func(_ uint32, fd int32) { forgot = append(forgot, fd) })
+	hello := "\x16\x03\x01" + string(bytes.Repeat([]byte{0xAB}, 200)) // a TLS handshake record, over the budget
+	a.Record(openRec(1, 1, 0, 0, event.TypeConnOpen))
+	a.Record(dataRec(1, Egress, 0, hello))
+	a.Record(dataRec(1, Ingress, 0, "\x16\x03\x03server hello"))
+	require.Empty(t, forgot, "a TLS handshake is not given up: plaintext may follow")
+	require.Empty(t, d.conns)
+
+	// Plaintext from the library probe: a parser starts on it.
+	a.Record(tlsRec(1, Egress, 203, "PLAIN request"))
+	a.Record(dataRec(1, Egress, 216, "\x17\x03\x03ciphertext")) // leaked ciphertext: skipped
+	a.Record(tlsRec(1, Ingress, 15, "reply"))
+	c := d.conns[1]
+	require.NotNil(t, c)
+	require.True(t, c.info.TLS)
+	require.False(t, c.info.Preexisting)
+	require.Equal(t, "PLAIN request", string(c.data[0]))
+	require.Equal(t, "reply", string(c.data[1]))
+	require.Zero(t, c.lost[0]+c.lost[1], "plaintext offsets start where the probe starts")
+	require.Equal(t, uint64(1), a.Stats.TLSConns.Load())
+	require.Equal(t, uint64(3), a.Stats.CiphertextRecords.Load())
+}
+
+func TestAssemblerGivesUpOnEndlessCiphertext(t *testing.T) {
+	d := &fakeDetector{accept: func(Direction, []byte) bool { return true }, conns: map[uint64]*fedConn{}}
+	var forgot []int32
+	a := NewAssembler(Config{}, []Detector{d}, func(_ uint32, fd int32) { forgot = append(forgot, fd) })
+	a.Record(openRec(1, 1, 0, 0, event.TypeConnOpen))
+	chunk := "\x17\x03\x03" + string(bytes.Repeat([]byte{1}, 8000))
+	d.accept = func(_ Direction, b []byte) bool { return !looksLikeTLS(b) }
+	for seq := uint64(0); seq < uint64(maxCiphertext+len(chunk)); seq += uint64(len(chunk)) {
+		a.Record(dataRec(1, Egress, seq, chunk))
+	}
+	require.Equal(t, []int32{7}, forgot, "a TLS library we do not probe: capture stops")
 }

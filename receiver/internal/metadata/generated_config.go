@@ -232,6 +232,46 @@ func (ms *EbpfCaptureRingbufUsedMetricConfig) Unmarshal(parser *confmap.Conf) er
 	return nil
 }
 
+// EbpfCaptureTLSConnectionsMetricConfig provides config for the ebpf.capture.tls.connections metric.
+type EbpfCaptureTLSConnectionsMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *EbpfCaptureTLSConnectionsMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
+// EbpfCaptureTLSProbedMetricConfig provides config for the ebpf.capture.tls.probed metric.
+type EbpfCaptureTLSProbedMetricConfig struct {
+	Enabled          bool `mapstructure:"enabled"`
+	enabledSetByUser bool
+}
+
+func (ms *EbpfCaptureTLSProbedMetricConfig) Unmarshal(parser *confmap.Conf) error {
+	if parser == nil {
+		return nil
+	}
+
+	err := parser.Unmarshal(ms)
+	if err != nil {
+		return err
+	}
+
+	ms.enabledSetByUser = parser.IsSet("enabled")
+	return nil
+}
+
 // EbpfMapEntriesMetricAttributeKey specifies the key of an attribute for the ebpf.map.entries metric.
 type EbpfMapEntriesMetricAttributeKey string
 
@@ -691,6 +731,8 @@ type MetricsConfig struct {
 	EbpfCaptureLostBytes        EbpfCaptureLostBytesMetricConfig        `mapstructure:"ebpf.capture.lost_bytes"`
 	EbpfCaptureRecords          EbpfCaptureRecordsMetricConfig          `mapstructure:"ebpf.capture.records"`
 	EbpfCaptureRingbufUsed      EbpfCaptureRingbufUsedMetricConfig      `mapstructure:"ebpf.capture.ringbuf.used"`
+	EbpfCaptureTLSConnections   EbpfCaptureTLSConnectionsMetricConfig   `mapstructure:"ebpf.capture.tls.connections"`
+	EbpfCaptureTLSProbed        EbpfCaptureTLSProbedMetricConfig        `mapstructure:"ebpf.capture.tls.probed"`
 	EbpfMapEntries              EbpfMapEntriesMetricConfig              `mapstructure:"ebpf.map.entries"`
 	EbpfMapMaxEntries           EbpfMapMaxEntriesMetricConfig           `mapstructure:"ebpf.map.max_entries"`
 	EbpfMapMemory               EbpfMapMemoryMetricConfig               `mapstructure:"ebpf.map.memory"`
@@ -729,6 +771,12 @@ func DefaultMetricsConfig() MetricsConfig {
 			Enabled: true,
 		},
 		EbpfCaptureRingbufUsed: EbpfCaptureRingbufUsedMetricConfig{
+			Enabled: true,
+		},
+		EbpfCaptureTLSConnections: EbpfCaptureTLSConnectionsMetricConfig{
+			Enabled: true,
+		},
+		EbpfCaptureTLSProbed: EbpfCaptureTLSProbedMetricConfig{
 			Enabled: true,
 		},
 		EbpfMapEntries: EbpfMapEntriesMetricConfig{

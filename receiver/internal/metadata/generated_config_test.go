@@ -53,6 +53,12 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					EbpfCaptureRingbufUsed: EbpfCaptureRingbufUsedMetricConfig{
 						Enabled: true,
 					},
+					EbpfCaptureTLSConnections: EbpfCaptureTLSConnectionsMetricConfig{
+						Enabled: true,
+					},
+					EbpfCaptureTLSProbed: EbpfCaptureTLSProbedMetricConfig{
+						Enabled: true,
+					},
 					EbpfMapEntries: EbpfMapEntriesMetricConfig{
 						Enabled:             true,
 						AggregationStrategy: AggregationStrategyAvg,
@@ -132,6 +138,12 @@ func TestMetricsBuilderConfig(t *testing.T) {
 					EbpfCaptureRingbufUsed: EbpfCaptureRingbufUsedMetricConfig{
 						Enabled: false,
 					},
+					EbpfCaptureTLSConnections: EbpfCaptureTLSConnectionsMetricConfig{
+						Enabled: false,
+					},
+					EbpfCaptureTLSProbed: EbpfCaptureTLSProbedMetricConfig{
+						Enabled: false,
+					},
 					EbpfMapEntries: EbpfMapEntriesMetricConfig{
 						Enabled:             false,
 						AggregationStrategy: AggregationStrategyAvg,
@@ -184,7 +196,7 @@ func TestMetricsBuilderConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := loadMetricsBuilderConfig(t, tt.name)
-			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(EbpfCaptureBytesMetricConfig{}, EbpfCaptureConnectionsMetricConfig{}, EbpfCaptureConnectionsEndedMetricConfig{}, EbpfCaptureDropsMetricConfig{}, EbpfCaptureLostBytesMetricConfig{}, EbpfCaptureRecordsMetricConfig{}, EbpfCaptureRingbufUsedMetricConfig{}, EbpfMapEntriesMetricConfig{}, EbpfMapMaxEntriesMetricConfig{}, EbpfMapMemoryMetricConfig{}, EbpfMapUtilizationMetricConfig{}, EbpfProgramRunCountMetricConfig{}, EbpfProgramRunTimeMetricConfig{}, EbpfProtocolParserEventsMetricConfig{}, EbpfRingbufSizeMetricConfig{}, EbpfRingbufUsedMetricConfig{}))
+			diff := cmp.Diff(tt.want, cfg, cmpopts.IgnoreUnexported(EbpfCaptureBytesMetricConfig{}, EbpfCaptureConnectionsMetricConfig{}, EbpfCaptureConnectionsEndedMetricConfig{}, EbpfCaptureDropsMetricConfig{}, EbpfCaptureLostBytesMetricConfig{}, EbpfCaptureRecordsMetricConfig{}, EbpfCaptureRingbufUsedMetricConfig{}, EbpfCaptureTLSConnectionsMetricConfig{}, EbpfCaptureTLSProbedMetricConfig{}, EbpfMapEntriesMetricConfig{}, EbpfMapMaxEntriesMetricConfig{}, EbpfMapMemoryMetricConfig{}, EbpfMapUtilizationMetricConfig{}, EbpfProgramRunCountMetricConfig{}, EbpfProgramRunTimeMetricConfig{}, EbpfProtocolParserEventsMetricConfig{}, EbpfRingbufSizeMetricConfig{}, EbpfRingbufUsedMetricConfig{}))
 			require.Emptyf(t, diff, "Config mismatch (-expected +actual):\n%s", diff)
 		})
 	}

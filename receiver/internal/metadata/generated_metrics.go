@@ -90,6 +90,9 @@ const (
 	AttributeReasonIgnored
 	AttributeReasonStaleFd
 	AttributeReasonExportQueueFull
+	AttributeReasonTLSFdUnknown
+	AttributeReasonTLSBusy
+	AttributeReasonTLSCiphertext
 )
 
 // String returns the string representation of the AttributeReason.
@@ -125,6 +128,12 @@ func (av AttributeReason) String() string {
 		return "stale_fd"
 	case AttributeReasonExportQueueFull:
 		return "export_queue_full"
+	case AttributeReasonTLSFdUnknown:
+		return "tls_fd_unknown"
+	case AttributeReasonTLSBusy:
+		return "tls_busy"
+	case AttributeReasonTLSCiphertext:
+		return "tls_ciphertext"
 	}
 	return ""
 }
@@ -146,6 +155,9 @@ var MapAttributeReason = map[string]AttributeReason{
 	"ignored":                 AttributeReasonIgnored,
 	"stale_fd":                AttributeReasonStaleFd,
 	"export_queue_full":       AttributeReasonExportQueueFull,
+	"tls_fd_unknown":          AttributeReasonTLSFdUnknown,
+	"tls_busy":                AttributeReasonTLSBusy,
+	"tls_ciphertext":          AttributeReasonTLSCiphertext,
 }
 
 var MetricsInfo = metricsInfo{
@@ -172,6 +184,12 @@ var MetricsInfo = metricsInfo{
 	},
 	EbpfCaptureRingbufUsed: metricInfo{
 		Name: "ebpf.capture.ringbuf.used",
+	},
+	EbpfCaptureTLSConnections: metricInfo{
+		Name: "ebpf.capture.tls.connections",
+	},
+	EbpfCaptureTLSProbed: metricInfo{
+		Name: "ebpf.capture.tls.probed",
 	},
 	EbpfMapEntries: metricInfo{
 		Name:       "ebpf.map.entries",
@@ -219,6 +237,8 @@ type metricsInfo struct {
 	EbpfCaptureLostBytes        metricInfo
 	EbpfCaptureRecords          metricInfo
 	EbpfCaptureRingbufUsed      metricInfo
+	EbpfCaptureTLSConnections   metricInfo
+	EbpfCaptureTLSProbed        metricInfo
 	EbpfMapEntries              metricInfo
 	EbpfMapMaxEntries           metricInfo
 	EbpfMapMemory               metricInfo
@@ -704,6 +724,108 @@ func (m *metricEbpfCaptureRingbufUsed) emit(metrics pmetric.MetricSlice) {
 
 func newMetricEbpfCaptureRingbufUsed(cfg EbpfCaptureRingbufUsedMetricConfig) metricEbpfCaptureRingbufUsed {
 	m := metricEbpfCaptureRingbufUsed{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricEbpfCaptureTLSConnections struct {
+	data     pmetric.Metric                        // data buffer for generated metric.
+	config   EbpfCaptureTLSConnectionsMetricConfig // metric config provided by user.
+	capacity int                                   // max observed number of data points added to the metric.
+}
+
+// init fills ebpf.capture.tls.connections metric with initial data.
+func (m *metricEbpfCaptureTLSConnections) init() {
+	m.data.SetName("ebpf.capture.tls.connections")
+	m.data.SetDescription("Connections whose plaintext came from a TLS library probe (OpenSSL).")
+	m.data.SetUnit("{connections}")
+	m.data.SetEmptySum()
+	m.data.Sum().SetIsMonotonic(true)
+	m.data.Sum().SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
+}
+
+func (m *metricEbpfCaptureTLSConnections) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Sum().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricEbpfCaptureTLSConnections) updateCapacity() {
+	if m.data.Sum().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Sum().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricEbpfCaptureTLSConnections) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Sum().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricEbpfCaptureTLSConnections(cfg EbpfCaptureTLSConnectionsMetricConfig) metricEbpfCaptureTLSConnections {
+	m := metricEbpfCaptureTLSConnections{config: cfg}
+
+	if cfg.Enabled {
+		m.data = pmetric.NewMetric()
+		m.init()
+	}
+	return m
+}
+
+type metricEbpfCaptureTLSProbed struct {
+	data     pmetric.Metric                   // data buffer for generated metric.
+	config   EbpfCaptureTLSProbedMetricConfig // metric config provided by user.
+	capacity int                              // max observed number of data points added to the metric.
+}
+
+// init fills ebpf.capture.tls.probed metric with initial data.
+func (m *metricEbpfCaptureTLSProbed) init() {
+	m.data.SetName("ebpf.capture.tls.probed")
+	m.data.SetDescription("TLS library probe sets attached (one per library file, or per library file and process when a filter is set). Zero while TLS processes are watched means their TLS library is not probed (statically linked, not OpenSSL).")
+	m.data.SetUnit("{probe_sets}")
+	m.data.SetEmptyGauge()
+}
+
+func (m *metricEbpfCaptureTLSProbed) recordDataPoint(start pcommon.Timestamp, ts pcommon.Timestamp, val int64) {
+	if !m.config.Enabled {
+		return
+	}
+	dp := m.data.Gauge().DataPoints().AppendEmpty()
+	dp.SetStartTimestamp(start)
+	dp.SetTimestamp(ts)
+	dp.SetIntValue(val)
+}
+
+// updateCapacity saves max length of data point slices that will be used for the slice capacity.
+func (m *metricEbpfCaptureTLSProbed) updateCapacity() {
+	if m.data.Gauge().DataPoints().Len() > m.capacity {
+		m.capacity = m.data.Gauge().DataPoints().Len()
+	}
+}
+
+// emit appends recorded metric data to a metrics slice and prepares it for recording another set of data points.
+func (m *metricEbpfCaptureTLSProbed) emit(metrics pmetric.MetricSlice) {
+	if m.config.Enabled && m.data.Gauge().DataPoints().Len() > 0 {
+		m.updateCapacity()
+		m.data.MoveTo(metrics.AppendEmpty())
+		m.init()
+	}
+}
+
+func newMetricEbpfCaptureTLSProbed(cfg EbpfCaptureTLSProbedMetricConfig) metricEbpfCaptureTLSProbed {
+	m := metricEbpfCaptureTLSProbed{config: cfg}
 
 	if cfg.Enabled {
 		m.data = pmetric.NewMetric()
@@ -1588,6 +1710,8 @@ type MetricsBuilder struct {
 	metricEbpfCaptureLostBytes        metricEbpfCaptureLostBytes
 	metricEbpfCaptureRecords          metricEbpfCaptureRecords
 	metricEbpfCaptureRingbufUsed      metricEbpfCaptureRingbufUsed
+	metricEbpfCaptureTLSConnections   metricEbpfCaptureTLSConnections
+	metricEbpfCaptureTLSProbed        metricEbpfCaptureTLSProbed
 	metricEbpfMapEntries              metricEbpfMapEntries
 	metricEbpfMapMaxEntries           metricEbpfMapMaxEntries
 	metricEbpfMapMemory               metricEbpfMapMemory
@@ -1629,6 +1753,8 @@ func NewMetricsBuilder(mbc MetricsBuilderConfig, settings receiver.Settings, opt
 		metricEbpfCaptureLostBytes:        newMetricEbpfCaptureLostBytes(mbc.Metrics.EbpfCaptureLostBytes),
 		metricEbpfCaptureRecords:          newMetricEbpfCaptureRecords(mbc.Metrics.EbpfCaptureRecords),
 		metricEbpfCaptureRingbufUsed:      newMetricEbpfCaptureRingbufUsed(mbc.Metrics.EbpfCaptureRingbufUsed),
+		metricEbpfCaptureTLSConnections:   newMetricEbpfCaptureTLSConnections(mbc.Metrics.EbpfCaptureTLSConnections),
+		metricEbpfCaptureTLSProbed:        newMetricEbpfCaptureTLSProbed(mbc.Metrics.EbpfCaptureTLSProbed),
 		metricEbpfMapEntries:              newMetricEbpfMapEntries(mbc.Metrics.EbpfMapEntries),
 		metricEbpfMapMaxEntries:           newMetricEbpfMapMaxEntries(mbc.Metrics.EbpfMapMaxEntries),
 		metricEbpfMapMemory:               newMetricEbpfMapMemory(mbc.Metrics.EbpfMapMemory),
@@ -1710,6 +1836,8 @@ func (mb *MetricsBuilder) EmitForResource(options ...ResourceMetricsOption) {
 	mb.metricEbpfCaptureLostBytes.emit(ils.Metrics())
 	mb.metricEbpfCaptureRecords.emit(ils.Metrics())
 	mb.metricEbpfCaptureRingbufUsed.emit(ils.Metrics())
+	mb.metricEbpfCaptureTLSConnections.emit(ils.Metrics())
+	mb.metricEbpfCaptureTLSProbed.emit(ils.Metrics())
 	mb.metricEbpfMapEntries.emit(ils.Metrics())
 	mb.metricEbpfMapMaxEntries.emit(ils.Metrics())
 	mb.metricEbpfMapMemory.emit(ils.Metrics())
@@ -1773,6 +1901,16 @@ func (mb *MetricsBuilder) RecordEbpfCaptureRecordsDataPoint(ts pcommon.Timestamp
 // RecordEbpfCaptureRingbufUsedDataPoint adds a data point to ebpf.capture.ringbuf.used metric.
 func (mb *MetricsBuilder) RecordEbpfCaptureRingbufUsedDataPoint(ts pcommon.Timestamp, val int64) {
 	mb.metricEbpfCaptureRingbufUsed.recordDataPoint(mb.startTime, ts, val)
+}
+
+// RecordEbpfCaptureTLSConnectionsDataPoint adds a data point to ebpf.capture.tls.connections metric.
+func (mb *MetricsBuilder) RecordEbpfCaptureTLSConnectionsDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricEbpfCaptureTLSConnections.recordDataPoint(mb.startTime, ts, val)
+}
+
+// RecordEbpfCaptureTLSProbedDataPoint adds a data point to ebpf.capture.tls.probed metric.
+func (mb *MetricsBuilder) RecordEbpfCaptureTLSProbedDataPoint(ts pcommon.Timestamp, val int64) {
+	mb.metricEbpfCaptureTLSProbed.recordDataPoint(mb.startTime, ts, val)
 }
 
 // RecordEbpfMapEntriesDataPoint adds a data point to ebpf.map.entries metric.

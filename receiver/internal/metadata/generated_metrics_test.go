@@ -110,6 +110,12 @@ func TestMetricsBuilder(t *testing.T) {
 			mb.RecordEbpfCaptureRingbufUsedDataPoint(ts, 1)
 			defaultMetricsCount++
 			allMetricsCount++
+			mb.RecordEbpfCaptureTLSConnectionsDataPoint(ts, 1)
+			defaultMetricsCount++
+			allMetricsCount++
+			mb.RecordEbpfCaptureTLSProbedDataPoint(ts, 1)
+			defaultMetricsCount++
+			allMetricsCount++
 			mb.RecordEbpfMapEntriesDataPoint(ts, 1, 11, "ebpf.map.name-val", "ebpf.map.type-val")
 			if tt.name == "reaggregate_set" {
 				mb.RecordEbpfMapEntriesDataPoint(ts, 3, 12, "ebpf.map.name-val-2", "ebpf.map.type-val-2")
@@ -384,6 +390,32 @@ func TestMetricsBuilder(t *testing.T) {
 					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
 					assert.Equal(t, "Bytes waiting in the receiver's own ring buffer when sampled.", mi.Description())
 					assert.Equal(t, "By", mi.Unit())
+					dp := mi.Gauge().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
+				case "ebpf.capture.tls.connections":
+					assert.False(t, validatedMetrics["ebpf.capture.tls.connections"], "Found a duplicate in the metrics slice: ebpf.capture.tls.connections")
+					validatedMetrics["ebpf.capture.tls.connections"] = true
+					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
+					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
+					assert.Equal(t, "Connections whose plaintext came from a TLS library probe (OpenSSL).", mi.Description())
+					assert.Equal(t, "{connections}", mi.Unit())
+					assert.True(t, mi.Sum().IsMonotonic())
+					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
+					dp := mi.Sum().DataPoints().At(0)
+					assert.Equal(t, start, dp.StartTimestamp())
+					assert.Equal(t, ts, dp.Timestamp())
+					assert.Equal(t, pmetric.NumberDataPointValueTypeInt, dp.ValueType())
+					assert.Equal(t, int64(1), dp.IntValue())
+				case "ebpf.capture.tls.probed":
+					assert.False(t, validatedMetrics["ebpf.capture.tls.probed"], "Found a duplicate in the metrics slice: ebpf.capture.tls.probed")
+					validatedMetrics["ebpf.capture.tls.probed"] = true
+					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
+					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
+					assert.Equal(t, "TLS library probe sets attached (one per library file, or per library file and process when a filter is set). Zero while TLS processes are watched means their TLS library is not probed (statically linked, not OpenSSL).", mi.Description())
+					assert.Equal(t, "{probe_sets}", mi.Unit())
 					dp := mi.Gauge().DataPoints().At(0)
 					assert.Equal(t, start, dp.StartTimestamp())
 					assert.Equal(t, ts, dp.Timestamp())

@@ -1,0 +1,377 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// capture.h: what the socket capture (capture.bpf.c) and the TLS capture
+// (tls.bpf.c) share: the maps both write (each object declares them; the
+// loader hands the TLS object the capture object's maps), socket lookup,
+// and payload capture into ring-buffer records.
+
+#ifndef EBPFRECV_CAPTURE_H
+#define EBPFRECV_CAPTURE_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "event.h"
+
+
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define IPPROTO_TCP 6
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+
+// Load-time configuration (rewritten by the loader before the programs are
+// verified). Each object has its own copy; the loader sets both alike.
+// Bytes captured per syscall at most; larger syscalls are captured head and
+// tail, capture_tail bytes of the tail.
+volatile const __u32 capture_cap = 16384;
+volatile const __u32 capture_tail = 4096;
+// Submit with BPF_RB_NO_WAKEUP until this many bytes wait in the ring buffer;
+// 0 wakes the reader for every record.
+volatile const __u64 wakeup_bytes = 65536;
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24); // resized by the loader (limits.ring_buffer_bytes)
+} events SEC(".maps");
+
+// A plain hash, not LRU: an LRU would silently evict live connections, and a
+// full table must be counted (CNT_DROP_SOCKTAB_FULL) instead.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); // resized by the loader (limits.max_connections)
+	__type(key, struct sock_key);
+	__type(value, struct sock_info);
+} sockets SEC(".maps");
+
+// Tracked sockets per process, so that a fork can tell cheaply whether
+// the parent holds any (pre-fork servers such as PostgreSQL accept in the
+// parent and serve in a child).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); // resized with `sockets`
+	__type(key, __u32);         // tgid
+	__type(value, __u32);       // tracked sockets
+} tracked_procs SEC(".maps");
+
+static __always_inline void proc_sockets(__u32 tgid, int delta)
+{
+	__u32 *n = bpf_map_lookup_elem(&tracked_procs, &tgid);
+	if (n) {
+		if (delta < 0 && *n == 0)
+			return;
+		__sync_fetch_and_add(n, delta);
+		return;
+	}
+	if (delta > 0) {
+		__u32 one = 1;
+		bpf_map_update_elem(&tracked_procs, &tgid, &one, BPF_NOEXIST);
+	}
+}
+
+// Syscall arguments saved at enter for the exit tracepoint of the same
+// thread: the payload of a read only exists at exit, and a write is captured
+// at exit too so that only the bytes the kernel accepted are recorded.
+struct inflight {
+	__u64 ptr; // buffer, iovec array or sockaddr
+	__s32 fd;
+	__u32 iovcnt; // 0 for a plain buffer
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT__MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+// Per-CPU staging area for data records: bpf_ringbuf_output copies exactly
+// the captured length, so small messages use small ring-buffer space.
+// Syscall tracepoint programs run with preemption off and do not nest on one
+// CPU (bpf_prog_active): they own SLOT_SYSCALL. Uprobe programs may be
+// preempted (they run with only migration disabled), so they use
+// SLOT_UPROBE, guarded by cap_state.busy.
+#define SLOT_SYSCALL 0
+#define SLOT_UPROBE 1
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2); // SLOT_SYSCALL, SLOT_UPROBE
+	__type(key, __u32);
+	__type(value, struct data_event);
+} scratch SEC(".maps");
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += n; // per-CPU slot: no other writer
+}
+
+// Wake the reader only when enough bytes wait; it polls on a short timer
+// otherwise. Wakeups per record dominate the cost of capture.
+static __always_inline __u64 rb_flags(void)
+{
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+// ---------------------------------------------------------------------------
+// fd -> struct file -> struct sock
+
+static __always_inline struct file *fd_file(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0)
+		return NULL;
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max)
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+// sock_of returns the struct sock behind a socket file, or NULL.
+static __always_inline struct sock *sock_of(struct file *f, __u64 *inode)
+{
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	*inode = BPF_CORE_READ(ino, i_ino);
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+// lookup_socket returns the table entry for (tgid, fd) if that fd still is
+// the socket that was entered. An fd can be reused without close(2) being
+// seen (dup2 onto it, close-on-exec, close_range), so the struct file is
+// compared; entries written by user space are verified by inode once.
+static __always_inline struct sock_info *lookup_socket(__u32 tgid, int fd)
+{
+	struct sock_key key = {.tgid = tgid, .fd = fd};
+	struct sock_info *si = bpf_map_lookup_elem(&sockets, &key);
+	if (!si)
+		return NULL;
+	struct file *f = fd_file(fd);
+	if (si->file == (__u64)f && f)
+		return si;
+	if (si->file == 0 && f) {
+		__u64 inode = 0;
+		if (sock_of(f, &inode) && inode == si->inode) {
+			si->file = (__u64)f;
+			return si;
+		}
+	}
+	count(CNT_STALE_FD, 1);
+	if (!bpf_map_delete_elem(&sockets, &key))
+		proc_sockets(tgid, -1);
+	return NULL;
+}
+
+// ---------------------------------------------------------------------------
+// Payload capture: one bpf_loop iteration per record.
+
+struct cap_state {
+	__u64 seg_base; // user address of the current segment
+	__u64 seg_rem;  // bytes left in the current segment
+	__u64 iov;      // user address of the iovec array; 0 for a plain buffer
+	__u32 iov_idx;
+	__u32 iovcnt;
+	__u32 pos;      // bytes of the syscall walked so far
+	__u32 total;    // bytes the syscall moved
+	__u32 skip_at;  // end of the captured head
+	__u32 skip_to;  // start of the captured tail
+	__u64 seq;      // stream offset of byte 0 of the syscall
+	__u32 slot;     // its own index in cap_states and scratch
+	__u32 busy;     // SLOT_UPROBE: a capture is under way on this CPU
+};
+
+// The walk state lives in a per-CPU map value rather than on the stack: the
+// verifier does not track map memory, so it proves the callback once instead
+// of once per distinct (pos, seg_rem, ...) state of every iteration.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2); // SLOT_SYSCALL, SLOT_UPROBE
+	__type(key, __u32);
+	__type(value, struct cap_state);
+} cap_states SEC(".maps");
+
+static long capture_step(__u64 index, void *ctx)
+{
+	__u32 slot = *(__u32 *)ctx;
+	struct cap_state *s = bpf_map_lookup_elem(&cap_states, &slot);
+	if (!s)
+		return 1;
+	if (s->pos >= s->total)
+		return 1;
+
+	// Between head and tail: walk the segments without copying.
+	if (s->pos == s->skip_at && s->skip_to > s->skip_at) {
+		__u64 need = s->skip_to - s->pos;
+		if (s->seg_rem > need) {
+			s->seg_base += need;
+			s->seg_rem -= need;
+			s->pos = s->skip_to;
+		} else {
+			s->pos += s->seg_rem;
+			s->skip_at = s->pos; // keep skipping from the next segment
+			s->seg_rem = 0;
+		}
+		return 0;
+	}
+
+	if (s->seg_rem == 0) {
+		if (!s->iov || s->iov_idx >= s->iovcnt || s->iov_idx >= MAX_IOV)
+			return 1;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(s->iov + (__u64)s->iov_idx * sizeof(v))))
+			return 1;
+		s->iov_idx++;
+		s->seg_base = (__u64)v.iov_base;
+		s->seg_rem = v.iov_len;
+		return 0;
+	}
+
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &slot);
+	if (!e)
+		return 1;
+
+	__u64 limit = s->pos < s->skip_at ? s->skip_at : s->total;
+	__u64 n = limit - s->pos;
+	if (n > s->seg_rem)
+		n = s->seg_rem;
+	if (n > DATA_CHUNK)
+		n = DATA_CHUNK;
+	if (bpf_probe_read_user(e->payload, n, (void *)s->seg_base))
+		return 1;
+
+	e->offset = s->pos;
+	e->seq = s->seq + s->pos;
+	e->cap_len = n;
+	s->pos += n;
+	s->seg_base += n;
+	s->seg_rem -= n;
+	if (s->pos >= s->total)
+		e->flags |= DATA_FLAG_LAST;
+
+	if (bpf_ringbuf_output(&events, e, offsetof(struct data_event, payload) + n, rb_flags())) {
+		count(CNT_DROP_RINGBUF, 1);
+		count(CNT_DROP_RINGBUF_BYTES, n);
+	} else {
+		count(CNT_RECORDS, 1);
+		count(CNT_BYTES, n);
+	}
+	return 0;
+}
+
+// The most records one syscall can produce: head and tail chunks, one step
+// per iovec entry, one skip step.
+#define CAPTURE_STEPS (MAX_CAPTURE_BYTES / DATA_CHUNK + MAX_IOV + 4)
+
+// capture emits the bytes a syscall (or a TLS call) moved as data records.
+// slot picks the per-CPU staging area (SLOT_SYSCALL or SLOT_UPROBE); flags
+// are added to every record (DATA_FLAG_TLS).
+static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u8 source, __u8 flags, __u32 slot)
+{
+	if (ret <= 0)
+		return;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	struct sock_info *si = lookup_socket(tgid, io->fd);
+	if (!si)
+		return;
+
+	__u32 total = ret > 0x7fffffff ? 0x7fffffff : (__u32)ret;
+	// Reserve this syscall's byte range of the stream; concurrent writers of
+	// one socket get disjoint ranges.
+	__u64 seq = __sync_fetch_and_add(dir == DIR_EGRESS ? &si->seq_egress : &si->seq_ingress, (__u64)total);
+
+	struct data_event *e = bpf_map_lookup_elem(&scratch, &slot);
+	if (!e)
+		return;
+	e->type = EVENT_DATA;
+	e->direction = dir;
+	e->flags = flags;
+	e->source = source;
+	e->pid = tgid;
+	e->tid = (__u32)pid_tgid;
+	e->fd = io->fd;
+	e->conn_id = si->conn_id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->total_len = total;
+	e->tuple = si->tuple;
+
+	struct cap_state *s = bpf_map_lookup_elem(&cap_states, &slot);
+	if (!s)
+		return;
+	s->slot = slot;
+	s->iov = io->iovcnt ? io->ptr : 0;
+	s->iovcnt = io->iovcnt;
+	s->iov_idx = 0;
+	s->seg_base = io->iovcnt ? 0 : io->ptr;
+	s->seg_rem = io->iovcnt ? 0 : total;
+	s->pos = 0;
+	s->total = total;
+	s->skip_at = total;
+	s->skip_to = total;
+	s->seq = seq;
+	__u32 cap = capture_cap;
+	if (cap > MAX_CAPTURE_BYTES)
+		cap = MAX_CAPTURE_BYTES;
+	if (total > cap) {
+		__u32 tail = capture_tail < cap ? capture_tail : cap;
+		s->skip_at = cap - tail;
+		s->skip_to = total - tail;
+		e->flags |= DATA_FLAG_TRUNCATED;
+		count(CNT_TRUNCATED, 1);
+		count(CNT_TRUNCATED_BYTES, total - cap);
+	}
+	bpf_loop(CAPTURE_STEPS, capture_step, &slot, 0);
+}
+
+// ---------------------------------------------------------------------------
+// TLS: calls into a TLS library in flight, and which socket an SSL object
+// writes to (learned from the socket syscall it makes on the same thread).
+
+struct tls_call {
+	__u64 ssl;     // the SSL object
+	__u64 buf;     // plaintext buffer
+	__u64 len_ptr; // SSL_*_ex: size_t *written / *readbytes
+	__u8 dir;
+	__u8 ex;
+	__u8 _pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+struct ssl_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ssl;
+};
+
+// LRU: SSL objects are freed without a trace; a forgotten one is learned
+// again from its next socket syscall.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, __s32); // fd
+} ssl_fds SEC(".maps");
+
+#endif // EBPFRECV_CAPTURE_H
