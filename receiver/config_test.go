@@ -41,7 +41,7 @@ func TestLoadConfig(t *testing.T) {
 	custom.Postgres.QueryText = "raw"
 	custom.Postgres.SpanKinds = []string{"server"}
 	custom.GRPC.LegacyAttributes = true
-	custom.Resource.CommandLine = false
+	custom.Resource.CommandLine = true
 	custom.SelfMetricsInterval = 15 * time.Second
 	custom.Metrics.EbpfProgramRunCount.Enabled = true
 

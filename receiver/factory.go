@@ -25,7 +25,7 @@ func createDefaultConfig() component.Config {
 	return &Config{
 		Postgres: PostgresConfig{Enabled: true, QueryText: "obfuscated", SpanKinds: []string{"client", "server"}},
 		GRPC:     GRPCConfig{Enabled: true, SpanKinds: []string{"client", "server"}},
-		Resource: ResourceConfig{CommandLine: true},
+		Resource: ResourceConfig{CommandLine: false},
 		TLS:      TLSConfig{OpenSSL: true},
 		MapPressure: MapPressureConfig{
 			Enabled:                  true,
