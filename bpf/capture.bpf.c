@@ -331,13 +331,14 @@ static __always_inline void finish(long ret, __u8 dir, __u8 source)
 // sit at the same offsets as in raw_syscalls' sys_enter/sys_exit.
 #define ARG(ctx, i) ((ctx)->args[i])
 
-// One enter/exit pair per data syscall. Buffer syscalls pass (fd, buf);
-// vector syscalls pass (fd, iov, iovcnt); msg syscalls pass (fd, msghdr).
-#define BUF_SYSCALL(name, dir, source)                                   \
+// One enter/exit pair per data syscall; enter is the statement that saves
+// its arguments: (fd, buf) of buffer syscalls, (fd, iov, iovcnt) of vector
+// syscalls, (fd, msghdr) of msg syscalls.
+#define DATA_SYSCALL(name, dir, source, enter)                           \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
 	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
 	{                                                                 \
-		remember(ARG(ctx, 0), ARG(ctx, 1), 0);                    \
+		enter;                                                    \
 		return 0;                                                 \
 	}                                                                 \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
@@ -347,43 +348,19 @@ static __always_inline void finish(long ret, __u8 dir, __u8 source)
 		return 0;                                                 \
 	}
 
-#define IOV_SYSCALL(name, dir, source)                                   \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
-	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
-	{                                                                 \
-		remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2));          \
-		return 0;                                                 \
-	}                                                                 \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
-	int exit_##name(struct trace_event_raw_sys_exit *ctx)             \
-	{                                                                 \
-		finish(ctx->ret, dir, source);                            \
-		return 0;                                                 \
-	}
+#define BUF_ENTER remember(ARG(ctx, 0), ARG(ctx, 1), 0)
+#define IOV_ENTER remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2))
+#define MSG_ENTER remember_msg(ARG(ctx, 0), ARG(ctx, 1))
 
-#define MSG_SYSCALL(name, dir, source)                                   \
-	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
-	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
-	{                                                                 \
-		remember_msg(ARG(ctx, 0), ARG(ctx, 1));                   \
-		return 0;                                                 \
-	}                                                                 \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
-	int exit_##name(struct trace_event_raw_sys_exit *ctx)             \
-	{                                                                 \
-		finish(ctx->ret, dir, source);                            \
-		return 0;                                                 \
-	}
-
-BUF_SYSCALL(read, DIR_INGRESS, SRC_READ)
-BUF_SYSCALL(write, DIR_EGRESS, SRC_WRITE)
-IOV_SYSCALL(readv, DIR_INGRESS, SRC_READV)
-IOV_SYSCALL(writev, DIR_EGRESS, SRC_WRITEV)
+DATA_SYSCALL(read, DIR_INGRESS, SRC_READ, BUF_ENTER)
+DATA_SYSCALL(write, DIR_EGRESS, SRC_WRITE, BUF_ENTER)
+DATA_SYSCALL(readv, DIR_INGRESS, SRC_READV, IOV_ENTER)
+DATA_SYSCALL(writev, DIR_EGRESS, SRC_WRITEV, IOV_ENTER)
 // recvfrom/sendto on a connected stream socket: the address is unused.
-BUF_SYSCALL(recvfrom, DIR_INGRESS, SRC_RECVFROM)
-BUF_SYSCALL(sendto, DIR_EGRESS, SRC_SENDTO)
-MSG_SYSCALL(recvmsg, DIR_INGRESS, SRC_RECVMSG)
-MSG_SYSCALL(sendmsg, DIR_EGRESS, SRC_SENDMSG)
+DATA_SYSCALL(recvfrom, DIR_INGRESS, SRC_RECVFROM, BUF_ENTER)
+DATA_SYSCALL(sendto, DIR_EGRESS, SRC_SENDTO, BUF_ENTER)
+DATA_SYSCALL(recvmsg, DIR_INGRESS, SRC_RECVMSG, MSG_ENTER)
+DATA_SYSCALL(sendmsg, DIR_EGRESS, SRC_SENDMSG, MSG_ENTER)
 
 // ---------------------------------------------------------------------------
 // Connection lifecycle.
