@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/cilium/ebpf"
@@ -35,6 +36,21 @@ type tlsProbes struct {
 	// starts talking TLS at once is not missed.
 	known  map[tlsTarget]string
 	logger *zap.Logger
+	// closing tracks links being closed in the background: removing a
+	// uprobe waits for an RCU grace period, which must not stall the ring
+	// buffer reader, and many of them wait best side by side.
+	closing sync.WaitGroup
+}
+
+// closeLinks closes links in the background, all at once.
+func (t *tlsProbes) closeLinks(links []link.Link) {
+	for _, l := range links {
+		t.closing.Add(1)
+		go func() {
+			defer t.closing.Done()
+			_ = l.Close()
+		}()
+	}
 }
 
 // tlsTarget is a library file (by device and inode, so one file seen
@@ -165,9 +181,7 @@ func (c *Capture) scanTLS() {
 	}
 	for tg, links := range t.attached {
 		if tg.pid != 0 && !alive[tg.pid] {
-			for _, l := range links {
-				_ = l.Close()
-			}
+			t.closeLinks(links)
 			delete(t.attached, tg)
 		}
 	}
@@ -284,13 +298,10 @@ func (c *Capture) TLSTargets() int {
 }
 
 func (t *tlsProbes) close() error {
-	var errs []error
 	for tg, links := range t.attached {
-		for _, l := range links {
-			errs = append(errs, l.Close())
-		}
+		t.closeLinks(links)
 		delete(t.attached, tg)
 	}
-	errs = append(errs, t.objs.Close())
-	return errors.Join(errs...)
+	t.closing.Wait()
+	return t.objs.Close()
 }
