@@ -89,6 +89,13 @@ vmlinux: ## regenerate bpf/headers/vmlinux.h from this kernel's BTF (opt-in)
 test: otelcol ## build bin/otelcol-ebpf, then go test -count=1 ./... (privileged tests run when root)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) $(PKGS)
 
+# Each target for FUZZTIME (a duration, or Nx executions); see tools/fuzz.sh.
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s; e.g. FUZZTIME=10000000x)
+	FUZZTIME=$(FUZZTIME) GO="$(GO)" $(NICE) ./tools/fuzz.sh
+
 .PHONY: lint
 lint: ## gofmt check, go vet, golangci-lint (from .bin when built)
 	@echo "gofmt -l"
@@ -115,6 +122,28 @@ run: otelcol ## build and run bin/otelcol-ebpf --config $(RUN_CONFIG) $(ARGS)
 	@[ -f "$(RUN_CONFIG)" ] || { echo "$(RUN_CONFIG) not found (set RUN_CONFIG=path)"; exit 1; }
 	$(OTELCOL) --config $(RUN_CONFIG) $(ARGS)
 
+# ---------------------------------------------------------------- bench
+
+# The observability tax, measured side by side (not part of CI pass/fail):
+# bench/harness runs PostgreSQL and gRPC workloads without and with the
+# collector, interleaved, and writes docs/performance.md and
+# bench/results.json. Root; about 12 minutes on 2 cores. It measures
+# bin/otelcol-ebpf as it is: run `make otelcol` first (it warns when the
+# binary is older than the sources). ghz is installed into bench/.bin, not
+# into go.mod. Extra flags: BENCH_ARGS (see `bench/.bin/harness -h`).
+GHZ_VERSION := v0.121.0
+BENCH_BIN   := $(ROOT)/bench/.bin
+BENCH_ARGS  ?=
+
+.PHONY: bench
+bench: ## measure the overhead of the collector (root, ~12 min): docs/performance.md, bench/results.json
+	@[ -x $(OTELCOL) ] || { echo "$(OTELCOL) is missing: run make otelcol first"; exit 1; }
+	@mkdir -p $(BENCH_BIN)
+	@[ -x $(BENCH_BIN)/ghz ] || { echo "installing ghz $(GHZ_VERSION) into $(BENCH_BIN)"; \
+		cd / && GOBIN=$(BENCH_BIN) GOFLAGS=-mod=mod $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION); }
+	GOFLAGS=-mod=mod $(GO) build -o $(BENCH_BIN)/harness ./bench/harness
+	$(BENCH_BIN)/harness -root $(ROOT) -collector $(OTELCOL) -ghz $(BENCH_BIN)/ghz $(BENCH_ARGS)
+
 # ---------------------------------------------------------------- jaeger
 
 .PHONY: jaeger
@@ -131,6 +160,18 @@ jaeger: ## build Jaeger v2 once into $(JAEGER_CACHE), link .bin/jaeger
 		mv -f "$$tmp" "$(JAEGER_CACHE)/jaeger"; \
 	fi
 	ln -sfn "$(JAEGER_CACHE)/jaeger" $(BIN_DIR)/jaeger
+
+# End to end: bin/otelcol-ebpf watches internal/e2e/demoapp (gRPC server and
+# client) and its PostgreSQL in a test cgroup, exports to Jaeger, and the
+# test reads the spans back from Jaeger's query API (root; build tag e2e,
+# so `make test` does not run it). `make demo` leaves the same setup running.
+.PHONY: e2e
+e2e: otelcol jaeger ## end-to-end test: demoapp + PostgreSQL -> otelcol-ebpf -> Jaeger (root)
+	$(GO) test -tags e2e -count=1 -v -timeout 10m ./internal/e2e
+
+.PHONY: demo
+demo: otelcol jaeger ## run the e2e setup for a person: Jaeger API, Prometheus endpoint, Ctrl-C stops (root)
+	./tools/demo.sh
 
 # ---------------------------------------------------------------- housekeeping
 

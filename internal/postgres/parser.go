@@ -40,6 +40,8 @@ type Parser struct {
 
 	// ordinal numbers the queries of this connection (Query.Ordinal).
 	ordinal uint64
+	// lastTs is the time of the last bytes seen, either direction.
+	lastTs uint64
 
 	// local batches the busiest counters; flushed at the end of each call.
 	local struct {
@@ -181,6 +183,7 @@ func (p *Parser) Data(dir stream.Direction, ts uint64, data []byte, lost uint64)
 		return
 	}
 	d := p.dir(dir)
+	p.lastTs = max(p.lastTs, ts)
 	if p.tls {
 		p.stats.EncryptedBytes.Add(uint64(len(data)) + lost)
 		return
@@ -197,6 +200,26 @@ func (p *Parser) Data(dir stream.Direction, ts uint64, data []byte, lost uint64)
 	d.run(ts, data)
 	if lost > 0 {
 		d.lose(ts, lost)
+	}
+	p.flushLocal()
+}
+
+// Expire implements stream.Expirer: when the connection saw no bytes for
+// idle nanoseconds before now, the queries still waiting for an answer are
+// emitted as incomplete (the peer was killed, or the answer was lost). An
+// answer that comes later is counted as unmatched.
+func (p *Parser) Expire(now, idle uint64) {
+	if p.closed || p.fifo.len() == 0 || now < p.lastTs || now-p.lastTs < idle {
+		return
+	}
+	p.flushHeld(0, 0, false)
+	for p.fifo.len() > 0 {
+		e := p.fifo.pop()
+		if e.q != nil {
+			e.q.Incomplete = true
+			e.q.End = max(now, e.q.Start)
+			p.emit(e.q)
+		}
 	}
 	p.flushLocal()
 }

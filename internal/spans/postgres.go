@@ -1,6 +1,8 @@
 package spans
 
 import (
+	"strings"
+
 	"go.opentelemetry.io/collector/pdata/ptrace"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/postgres"
@@ -72,7 +74,11 @@ func (b *Builder) Query(p procmeta.Info, conn *stream.ConnInfo, q *postgres.Quer
 		attrs.PutStr("db.response.status_code", q.Error.Code)
 		attrs.PutStr("error.type", q.Error.Code)
 		span.Status().SetCode(ptrace.StatusCodeError)
-		span.Status().SetMessage(q.Error.Message)
+		msg := q.Error.Message
+		if opts.QueryText != sqlsan.ModeRaw {
+			msg = scrubQuoted(msg)
+		}
+		span.Status().SetMessage(msg)
 	case q.Skipped:
 		attrs.PutStr("error.type", "_OTHER")
 		span.Status().SetCode(ptrace.StatusCodeError)
@@ -101,4 +107,27 @@ func dbSpanName(summary, operation, collection, namespace string) string {
 		return target
 	}
 	return "postgresql"
+}
+
+// scrubQuoted replaces the double-quoted parts of a PostgreSQL error
+// message with "?": the server quotes the offending input there (invalid
+// input syntax for type integer: "<bind value>"), which would carry a
+// literal or a bind parameter into the span. Identifiers it quotes
+// (constraint or column names) go too: the SQLSTATE says what happened.
+func scrubQuoted(msg string) string {
+	var b strings.Builder
+	in := false
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		switch {
+		case c == '"' && !in:
+			in = true
+			b.WriteString(`"?"`)
+		case c == '"' && in:
+			in = false
+		case !in:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

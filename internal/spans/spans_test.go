@@ -162,3 +162,21 @@ func TestRandomIDsWithoutNonce(t *testing.T) {
 	require.NotEqual(t, ss.At(0).TraceID(), ss.At(1).TraceID(), "no nonce: no shared identity to derive ids from")
 	require.False(t, ss.At(0).TraceID().IsEmpty())
 }
+
+func TestErrorMessagesLoseQuotedValues(t *testing.T) {
+	q := &postgres.Query{Start: 1, End: 2, Text: "SELECT $1::int", Error: &postgres.Error{Code: "22P02", Message: `invalid input syntax for type integer: "hunter2"`}}
+	for _, tt := range []struct {
+		mode sqlsan.Mode
+		want string
+	}{
+		{sqlsan.ModeObfuscated, `invalid input syntax for type integer: "?"`},
+		{sqlsan.ModeOff, `invalid input syntax for type integer: "?"`},
+		{sqlsan.ModeRaw, `invalid input syntax for type integer: "hunter2"`},
+	} {
+		b := NewBuilder(Options{})
+		b.Query(clientProc, &clientConn, q, false, Link{}, PostgresOptions{QueryText: tt.mode})
+		span := b.Take().ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0)
+		require.Equal(t, tt.want, span.Status().Message(), tt.mode.String())
+	}
+	require.Equal(t, `a "?" b "?"`, scrubQuoted(`a "x" b "y`), "an unterminated quote hides the rest")
+}
