@@ -52,8 +52,10 @@ type engine struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// readerDone is closed when the ring-buffer reader has returned.
-	readerDone chan struct{}
+	// readerDone is closed when the ring-buffer reader has returned,
+	// metricsDone when the metrics loop has.
+	readerDone  chan struct{}
+	metricsDone chan struct{}
 
 	readerErr error
 }
@@ -131,6 +133,7 @@ func startEngine(_ context.Context, cfg *Config, set receiver.Settings, traces c
 	}
 	if metrics != nil {
 		e.wg.Add(1)
+		e.metricsDone = make(chan struct{})
 		go e.metricsLoop(ctx)
 	}
 	ok = true
@@ -225,6 +228,7 @@ func (e *engine) read() {
 
 func (e *engine) metricsLoop(ctx context.Context) {
 	defer e.wg.Done()
+	defer close(e.metricsDone)
 	self := time.NewTicker(e.cfg.SelfMetricsInterval)
 	defer self.Stop()
 	var maps <-chan time.Time
@@ -380,12 +384,15 @@ func (e *engine) shutdown(context.Context) error {
 	if e.cancel != nil {
 		e.cancel()
 	}
-	if e.capture != nil {
-		errs = append(errs, e.capture.Close())
+	if e.metricsDone != nil {
+		// The metrics loop reads the capture's counters and ring buffer:
+		// it must be done before they are closed.
+		<-e.metricsDone
 	}
 	if e.capture != nil {
-		// The reader has returned once wg.Wait does not block on it; the
-		// export goroutine ends when the tracer's queue is closed.
+		errs = append(errs, e.capture.Close())
+		// The reader returns once the ring buffer is closed; the export
+		// goroutine ends when the tracer's queue is closed.
 		if e.readerDone != nil {
 			<-e.readerDone
 		}
