@@ -142,7 +142,10 @@ bench: ## measure the overhead of the collector (root, ~12 min): docs/performanc
 	@[ -x $(BENCH_BIN)/ghz ] || { echo "installing ghz $(GHZ_VERSION) into $(BENCH_BIN)"; \
 		cd / && GOBIN=$(BENCH_BIN) GOFLAGS=-mod=mod $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION); }
 	GOFLAGS=-mod=mod $(GO) build -o $(BENCH_BIN)/harness ./bench/harness
-	$(BENCH_BIN)/harness -root $(ROOT) -collector $(OTELCOL) -ghz $(BENCH_BIN)/ghz $(BENCH_ARGS)
+	@# The collector's path stays out of the harness's command line (its
+	@# default, bin/otelcol-ebpf): a `pkill -f otelcol-ebpf` elsewhere on a
+	@# shared machine would otherwise stop the session.
+	cd $(ROOT) && $(BENCH_BIN)/harness -ghz $(BENCH_BIN)/ghz $(BENCH_ARGS)
 
 # ---------------------------------------------------------------- jaeger
 

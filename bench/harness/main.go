@@ -162,15 +162,16 @@ func run(args []string) error {
 	if err := os.Chdir(o.root); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
-		<-ctx.Done()
-		// A second signal while cleaning up exits at once.
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-		<-sig
-		logf("second signal: cleaning up now")
+		sig := <-sigs
+		logf("%v: stopping (a second signal cleans up at once)", sig)
+		cancel()
+		sig = <-sigs
+		logf("%v again: cleaning up now", sig)
 		runCleanups()
 		os.Exit(130)
 	}()

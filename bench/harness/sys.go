@@ -21,10 +21,13 @@ import (
 	"github.com/ebpfotel/ebpfreceiver/internal/cgroupv2"
 )
 
-// cleanups run in reverse order at exit, also after Ctrl-C.
+// cleanups run in reverse order at exit, also after Ctrl-C. runMu makes a
+// second caller (main returning while the signal handler cleans up) wait
+// until the first has finished, so the process never exits half-way.
 var (
 	cleanupMu sync.Mutex
 	cleanups  []func()
+	runMu     sync.Mutex
 )
 
 func atExit(f func()) {
@@ -34,6 +37,8 @@ func atExit(f func()) {
 }
 
 func runCleanups() {
+	runMu.Lock()
+	defer runMu.Unlock()
 	cleanupMu.Lock()
 	fs := cleanups
 	cleanups = nil
