@@ -35,6 +35,7 @@ TARGETS=(
 	"./internal/postgres FuzzParser"
 	"./internal/grpc FuzzParser"
 	"./internal/sqlsan FuzzSanitize"
+	"./internal/goelf FuzzReturnOffsets"
 	"./receiver FuzzConfigValidate"
 )
 
