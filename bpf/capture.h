@@ -81,6 +81,7 @@ struct inflight {
 	__u64 ptr; // buffer, iovec array or sockaddr
 	__s32 fd;
 	__u32 iovcnt; // 0 for a plain buffer
+	__u64 ts;     // when the bytes were handed over; 0: now
 };
 
 struct {
@@ -307,7 +308,7 @@ static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u
 	e->tid = (__u32)pid_tgid;
 	e->fd = io->fd;
 	e->conn_id = si->conn_id;
-	e->ts_ns = bpf_ktime_get_ns();
+	e->ts_ns = io->ts ? io->ts : bpf_ktime_get_ns();
 	e->total_len = total;
 	e->tuple = si->tuple;
 
@@ -347,6 +348,7 @@ struct tls_call {
 	__u64 ssl;     // the SSL object
 	__u64 buf;     // plaintext buffer
 	__u64 len_ptr; // SSL_*_ex: size_t *written / *readbytes
+	__u64 ts;      // entry: a write's bytes are handed over then
 	__u8 dir;
 	__u8 ex;
 	__u8 _pad[6];

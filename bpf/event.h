@@ -40,6 +40,8 @@ enum data_source {
 	SRC_SENDMSG = 8,
 	SRC_SSL_READ = 9,  // plaintext returned by SSL_read/SSL_read_ex
 	SRC_SSL_WRITE = 10, // plaintext given to SSL_write/SSL_write_ex
+	SRC_GO_TLS_READ = 11,  // plaintext returned by Go's crypto/tls (*Conn).Read
+	SRC_GO_TLS_WRITE = 12, // plaintext written by Go's crypto/tls (*Conn).Write
 };
 
 // data_event.flags

@@ -81,6 +81,9 @@ type TLSConfig struct {
 	// Libraries are further libraries exporting the OpenSSL API (paths or
 	// file names), e.g. a vendored libssl.
 	Libraries []string `mapstructure:"libraries"`
+	// Go attaches uprobes to crypto/tls (*Conn).Read and Write in the Go
+	// executables of watched processes (every process's, with no filter).
+	Go bool `mapstructure:"go"`
 }
 
 // ResourceConfig shapes resource attributes.

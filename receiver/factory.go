@@ -26,7 +26,7 @@ func createDefaultConfig() component.Config {
 		Postgres: PostgresConfig{Enabled: true, QueryText: "obfuscated", SpanKinds: []string{"client", "server"}},
 		GRPC:     GRPCConfig{Enabled: true, SpanKinds: []string{"client", "server"}},
 		Resource: ResourceConfig{CommandLine: false},
-		TLS:      TLSConfig{OpenSSL: true},
+		TLS:      TLSConfig{OpenSSL: true, Go: true},
 		MapPressure: MapPressureConfig{
 			Enabled:                  true,
 			CollectionInterval:       10 * time.Second,

@@ -79,7 +79,7 @@ func captureOptions(cfg *Config) capture.Options {
 		WakeupBytes:     uint64(l.RingBufferWakeupBytes),
 		PollInterval:    l.RingBufferPollInterval,
 		ScanExisting:    true,
-		TLS:             capture.TLSOptions{OpenSSL: cfg.TLS.OpenSSL, Libraries: cfg.TLS.Libraries},
+		TLS:             capture.TLSOptions{OpenSSL: cfg.TLS.OpenSSL, Libraries: cfg.TLS.Libraries, Go: cfg.TLS.Go},
 	}
 }
 
@@ -335,6 +335,7 @@ func (e *engine) emitSelfMetrics(ctx context.Context) {
 		{i(event.CaptureCounterCNT_TLS_NO_FD), metadata.AttributeReasonTLSFdUnknown},
 		{i(event.CaptureCounterCNT_TLS_BUSY), metadata.AttributeReasonTLSBusy},
 		{int64(s.CiphertextRecords.Load()), metadata.AttributeReasonTLSCiphertext},
+		{int64(e.capture.ProgramMisses()), metadata.AttributeReasonProgramMissed},
 	}
 	for _, d := range drops {
 		mb.RecordEbpfCaptureDropsDataPoint(now, d.v, d.r)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"sync"
 	"time"
 
@@ -150,7 +151,7 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 		}
 		logger.Info("seeded socket table with open connections", zap.Int("connections", n))
 	}
-	if opts.TLS.OpenSSL {
+	if opts.TLS.OpenSSL || opts.TLS.Go {
 		if err := c.startTLS(); err != nil {
 			return nil, err
 		}
@@ -293,6 +294,38 @@ func (c *Capture) Counters() ([event.NumCounters]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// ProgramMisses is how many times the kernel skipped one of our programs
+// (their recursion_misses). A tracepoint or uprobe program does not run
+// while another program of those kinds runs on the same CPU; a uprobe
+// program can be preempted, and while it is, every such program on that
+// CPU is skipped. Each miss is a syscall or TLS call not seen. The kernel
+// counts them whether or not bpf_stats_enabled is set.
+func (c *Capture) ProgramMisses() uint64 {
+	progs := programsOf(&c.objs.CapturePrograms)
+	if c.tls != nil {
+		progs = append(progs, c.tls.programs()...)
+	}
+	var n uint64
+	for _, p := range progs {
+		if st, err := p.Stats(); err == nil {
+			n += st.RecursionMisses
+		}
+	}
+	return n
+}
+
+// programsOf lists the *ebpf.Program fields of a bpf2go programs struct.
+func programsOf(objs any) []*ebpf.Program {
+	var out []*ebpf.Program
+	v := reflect.ValueOf(objs).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		if p, ok := v.Field(i).Interface().(*ebpf.Program); ok && p != nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // RingBufferUsed is the number of bytes waiting in the ring buffer.

@@ -64,4 +64,7 @@ type TLSOptions struct {
 	// Libraries are further paths (or base names) of libraries that export
 	// the OpenSSL API, e.g. a vendored build.
 	Libraries []string
+	// Go probes crypto/tls (*Conn).Read and Write in the Go executables of
+	// watched processes (every process when no filter is set).
+	Go bool
 }

@@ -20,11 +20,13 @@ import (
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
 )
 
-// tlsProbes are the OpenSSL uprobes: one set per library file (whole host)
-// or per library file and process (when a filter is set, so that no other
-// process pays for the breakpoint).
+// tlsProbes are the TLS uprobes, OpenSSL's and Go crypto/tls's: one set per
+// library or executable file (whole host) or per file and process (when a
+// filter is set, so that no other process pays for the breakpoint).
 type tlsProbes struct {
 	objs     event.TlsObjects
+	openssl  bool
+	gotls    *goTLS   // nil: Go crypto/tls off
 	libs     []string // extra library paths from the config
 	attached map[tlsTarget][]link.Link
 	scanned  map[int]int // processes looked at -> len(known) then
@@ -111,15 +113,20 @@ func (c *Capture) startTLS() error {
 		}
 	}
 	t := &tlsProbes{
-		libs: c.opts.TLS.Libraries, attached: map[tlsTarget][]link.Link{}, scanned: map[int]int{},
+		openssl: c.opts.TLS.OpenSSL, libs: c.opts.TLS.Libraries, attached: map[tlsTarget][]link.Link{}, scanned: map[int]int{},
 		failed: map[tlsTarget]bool{}, known: map[tlsTarget]string{}, logger: c.logger,
+	}
+	if c.opts.TLS.Go {
+		t.gotls = newGoTLS()
 	}
 	// The host's own libssl files and the configured ones are known from
 	// the start.
-	for _, pattern := range append([]string{"/usr/lib/*/libssl.so.*", "/lib/*/libssl.so.*", "/usr/lib/libssl.so.*", "/usr/lib64/libssl.so.*"}, t.libs...) {
-		matches, _ := filepath.Glob(pattern)
-		for _, m := range matches {
-			t.learn(m)
+	if t.openssl {
+		for _, pattern := range append([]string{"/usr/lib/*/libssl.so.*", "/lib/*/libssl.so.*", "/usr/lib/libssl.so.*", "/usr/lib64/libssl.so.*"}, t.libs...) {
+			matches, _ := filepath.Glob(pattern)
+			for _, m := range matches {
+				t.learn(m)
+			}
 		}
 	}
 	if err := spec.LoadAndAssign(&t.objs, &ebpf.CollectionOptions{MapReplacements: shared}); err != nil {
@@ -152,10 +159,30 @@ func (c *Capture) scanTLS() {
 			continue
 		}
 		alive[pid] = true
+		// watched is asked at most once per process and scan: it reads
+		// /proc/PID/cgroup.
+		w := 0
+		watched := func() bool {
+			if w == 0 {
+				w = 2
+				if whole || c.tlsWatched(pid) {
+					w = 1
+				}
+			}
+			return w == 1
+		}
+		if t.gotls != nil {
+			if _, known := t.gotls.procs[pid]; known || watched() {
+				c.scanGo(pid, whole)
+			}
+		}
+		if !t.openssl {
+			continue
+		}
 		if n, ok := t.scanned[pid]; ok && n == len(t.known) {
 			continue
 		}
-		if !whole && !c.tlsWatched(pid) {
+		if !watched() {
 			continue // not (yet) a watched process; looked at again next scan
 		}
 		for _, lib := range t.librariesOf(pid) {
@@ -177,6 +204,13 @@ func (c *Capture) scanTLS() {
 	for pid := range t.scanned {
 		if !alive[pid] {
 			delete(t.scanned, pid)
+		}
+	}
+	if t.gotls != nil {
+		for pid := range t.gotls.procs {
+			if !alive[pid] {
+				t.goExited(pid)
+			}
 		}
 	}
 	for tg, links := range t.attached {
@@ -289,6 +323,8 @@ func (t *tlsProbes) attach(tg tlsTarget, path string) {
 	t.logger.Debug("TLS: probes attached", zap.String("library", path), zap.Int("pid", pid))
 }
 
+func (t *tlsProbes) programs() []*ebpf.Program { return programsOf(&t.objs.TlsPrograms) }
+
 // TLSTargets is the number of (library, process) probe sets attached.
 func (c *Capture) TLSTargets() int {
 	if c.tls == nil {
@@ -303,5 +339,8 @@ func (t *tlsProbes) close() error {
 		delete(t.attached, tg)
 	}
 	t.closing.Wait()
+	if t.gotls != nil {
+		t.gotls.close()
+	}
 	return t.objs.Close()
 }

@@ -110,16 +110,18 @@ type CaptureDataEvent struct {
 type CaptureDataSource uint32
 
 const (
-	CaptureDataSourceSRC_READ      CaptureDataSource = 1
-	CaptureDataSourceSRC_WRITE     CaptureDataSource = 2
-	CaptureDataSourceSRC_READV     CaptureDataSource = 3
-	CaptureDataSourceSRC_WRITEV    CaptureDataSource = 4
-	CaptureDataSourceSRC_RECVFROM  CaptureDataSource = 5
-	CaptureDataSourceSRC_SENDTO    CaptureDataSource = 6
-	CaptureDataSourceSRC_RECVMSG   CaptureDataSource = 7
-	CaptureDataSourceSRC_SENDMSG   CaptureDataSource = 8
-	CaptureDataSourceSRC_SSL_READ  CaptureDataSource = 9
-	CaptureDataSourceSRC_SSL_WRITE CaptureDataSource = 10
+	CaptureDataSourceSRC_READ         CaptureDataSource = 1
+	CaptureDataSourceSRC_WRITE        CaptureDataSource = 2
+	CaptureDataSourceSRC_READV        CaptureDataSource = 3
+	CaptureDataSourceSRC_WRITEV       CaptureDataSource = 4
+	CaptureDataSourceSRC_RECVFROM     CaptureDataSource = 5
+	CaptureDataSourceSRC_SENDTO       CaptureDataSource = 6
+	CaptureDataSourceSRC_RECVMSG      CaptureDataSource = 7
+	CaptureDataSourceSRC_SENDMSG      CaptureDataSource = 8
+	CaptureDataSourceSRC_SSL_READ     CaptureDataSource = 9
+	CaptureDataSourceSRC_SSL_WRITE    CaptureDataSource = 10
+	CaptureDataSourceSRC_GO_TLS_READ  CaptureDataSource = 11
+	CaptureDataSourceSRC_GO_TLS_WRITE CaptureDataSource = 12
 )
 
 type CaptureDirection uint32
@@ -142,6 +144,7 @@ type CaptureInflight struct {
 	Ptr    uint64
 	Fd     int32
 	Iovcnt uint32
+	Ts     uint64
 }
 
 type CaptureSockInfo struct {
@@ -176,6 +179,7 @@ type CaptureTlsCall struct {
 	Ssl    uint64
 	Buf    uint64
 	LenPtr uint64
+	Ts     uint64
 	Dir    uint8
 	Ex     uint8
 	Pad    [6]uint8

@@ -57,6 +57,29 @@ type TlsDataEvent struct {
 	Payload [8192]uint8
 }
 
+type TlsGoCall struct {
+	_   structs.HostLayout
+	Buf uint64
+	Fd  int32
+	Pad uint32
+}
+
+type TlsGoCallKey struct {
+	_    structs.HostLayout
+	Tgid uint32
+	Dir  uint32
+	G    uint64
+}
+
+type TlsGoTlsProc struct {
+	_     structs.HostLayout
+	Conn  uint32
+	Netfd uint32
+	Pfd   uint32
+	Sysfd uint32
+	Itabs [2]uint64
+}
+
 type TlsSockInfo struct {
 	_          structs.HostLayout
 	ConnId     uint64
@@ -97,6 +120,7 @@ type TlsTlsCall struct {
 	Ssl    uint64
 	Buf    uint64
 	LenPtr uint64
+	Ts     uint64
 	Dir    uint8
 	Ex     uint8
 	Pad    [6]uint8
@@ -109,11 +133,17 @@ const (
 	TlsMapCapStates      = "cap_states"
 	TlsMapCounters       = "counters"
 	TlsMapEvents         = "events"
+	TlsMapGoTlsCalls     = "go_tls_calls"
+	TlsMapGoTlsProcs     = "go_tls_procs"
 	TlsMapScratch        = "scratch"
 	TlsMapSockets        = "sockets"
 	TlsMapSslFds         = "ssl_fds"
 	TlsMapTlsCalls       = "tls_calls"
 	TlsMapTrackedProcs   = "tracked_procs"
+	TlsProgGoTlsRead     = "go_tls_read"
+	TlsProgGoTlsReadRet  = "go_tls_read_ret"
+	TlsProgGoTlsWrite    = "go_tls_write"
+	TlsProgGoTlsWriteRet = "go_tls_write_ret"
 	TlsProgSslRead       = "ssl_read"
 	TlsProgSslReadEx     = "ssl_read_ex"
 	TlsProgSslReadExRet  = "ssl_read_ex_ret"
@@ -169,6 +199,10 @@ type TlsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TlsProgramSpecs struct {
+	GoTlsRead     *ebpf.ProgramSpec `ebpf:"go_tls_read"`
+	GoTlsReadRet  *ebpf.ProgramSpec `ebpf:"go_tls_read_ret"`
+	GoTlsWrite    *ebpf.ProgramSpec `ebpf:"go_tls_write"`
+	GoTlsWriteRet *ebpf.ProgramSpec `ebpf:"go_tls_write_ret"`
 	SslRead       *ebpf.ProgramSpec `ebpf:"ssl_read"`
 	SslReadEx     *ebpf.ProgramSpec `ebpf:"ssl_read_ex"`
 	SslReadExRet  *ebpf.ProgramSpec `ebpf:"ssl_read_ex_ret"`
@@ -186,6 +220,8 @@ type TlsMapSpecs struct {
 	CapStates    *ebpf.MapSpec `ebpf:"cap_states"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	GoTlsCalls   *ebpf.MapSpec `ebpf:"go_tls_calls"`
+	GoTlsProcs   *ebpf.MapSpec `ebpf:"go_tls_procs"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets      *ebpf.MapSpec `ebpf:"sockets"`
 	SslFds       *ebpf.MapSpec `ebpf:"ssl_fds"`
@@ -225,6 +261,8 @@ type TlsMaps struct {
 	CapStates    *ebpf.Map `ebpf:"cap_states"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	Events       *ebpf.Map `ebpf:"events"`
+	GoTlsCalls   *ebpf.Map `ebpf:"go_tls_calls"`
+	GoTlsProcs   *ebpf.Map `ebpf:"go_tls_procs"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	Sockets      *ebpf.Map `ebpf:"sockets"`
 	SslFds       *ebpf.Map `ebpf:"ssl_fds"`
@@ -237,6 +275,8 @@ func (m *TlsMaps) Close() error {
 		m.CapStates,
 		m.Counters,
 		m.Events,
+		m.GoTlsCalls,
+		m.GoTlsProcs,
 		m.Scratch,
 		m.Sockets,
 		m.SslFds,
@@ -258,6 +298,10 @@ type TlsVariables struct {
 //
 // It can be passed to LoadTlsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TlsPrograms struct {
+	GoTlsRead     *ebpf.Program `ebpf:"go_tls_read"`
+	GoTlsReadRet  *ebpf.Program `ebpf:"go_tls_read_ret"`
+	GoTlsWrite    *ebpf.Program `ebpf:"go_tls_write"`
+	GoTlsWriteRet *ebpf.Program `ebpf:"go_tls_write_ret"`
 	SslRead       *ebpf.Program `ebpf:"ssl_read"`
 	SslReadEx     *ebpf.Program `ebpf:"ssl_read_ex"`
 	SslReadExRet  *ebpf.Program `ebpf:"ssl_read_ex_ret"`
@@ -270,6 +314,10 @@ type TlsPrograms struct {
 
 func (p *TlsPrograms) Close() error {
 	return _TlsClose(
+		p.GoTlsRead,
+		p.GoTlsReadRet,
+		p.GoTlsWrite,
+		p.GoTlsWriteRet,
 		p.SslRead,
 		p.SslReadEx,
 		p.SslReadExRet,

@@ -93,6 +93,7 @@ const (
 	AttributeReasonTLSFdUnknown
 	AttributeReasonTLSBusy
 	AttributeReasonTLSCiphertext
+	AttributeReasonProgramMissed
 )
 
 // String returns the string representation of the AttributeReason.
@@ -134,6 +135,8 @@ func (av AttributeReason) String() string {
 		return "tls_busy"
 	case AttributeReasonTLSCiphertext:
 		return "tls_ciphertext"
+	case AttributeReasonProgramMissed:
+		return "program_missed"
 	}
 	return ""
 }
@@ -158,6 +161,7 @@ var MapAttributeReason = map[string]AttributeReason{
 	"tls_fd_unknown":          AttributeReasonTLSFdUnknown,
 	"tls_busy":                AttributeReasonTLSBusy,
 	"tls_ciphertext":          AttributeReasonTLSCiphertext,
+	"program_missed":          AttributeReasonProgramMissed,
 }
 
 var MetricsInfo = metricsInfo{
