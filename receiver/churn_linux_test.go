@@ -74,6 +74,7 @@ func TestChurnShortAndIdleConnections(t *testing.T) {
 	debug.FreeOSMemory()
 	rssBefore, heapBefore := vmRSS(t), robHeapInuse()
 	tableBefore, liveBefore := eng.capture.SocketTableLen(), live()
+	expiredBefore := ended("expired")
 
 	client := robStart(t, g, nil, "churn-client", addr, strconv.Itoa(short), strconv.Itoa(idle))
 	var n, ms int
@@ -87,13 +88,19 @@ func TestChurnShortAndIdleConnections(t *testing.T) {
 	// holds them (the short ones are gone: close(2) removes them).
 	tableIdle := eng.capture.SocketTableLen()
 	require.Equal(t, tableBefore+2*idle, tableIdle, "kernel socket table: the idle connections' two ends and nothing else")
-	require.Eventually(t, func() bool { return live() == liveBefore+int64(2*idle) }, 20*time.Second, 20*time.Millisecond,
-		"the assembler holds the idle connections' two ends (now %d)", live())
+	// The assembler holds the idle connections' two ends, but for the
+	// first ones, which may have been idle for limits.idle_timeout (2 s)
+	// before the last ones opened on a loaded machine: those are counted
+	// as expired.
+	require.Eventually(t, func() bool {
+		return live()-liveBefore+ended("expired")-expiredBefore >= int64(2*idle)
+	}, 20*time.Second, 20*time.Millisecond,
+		"the assembler holds (or has expired) the idle connections' two ends (now %d held, %d expired)",
+		live()-liveBefore, ended("expired")-expiredBefore)
 	peakRSS := vmRSS(t)
 
 	// limits.idle_timeout (2 s) later they are forgotten by the receiver,
 	// while their sockets stay open.
-	expiredBefore := ended("expired")
 	require.Eventually(t, func() bool { return live() == liveBefore }, 20*time.Second, 50*time.Millisecond,
 		"idle connections expire (still %d)", live())
 	rig.await(t, "ebpf.capture.connections", nil, "the connections gauge is back to its baseline", func(v int64) bool { return v == liveBefore })

@@ -31,6 +31,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/receiver/receivertest"
+	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -548,6 +549,9 @@ func grpcReceiver(t *testing.T, g *cgroup.Group, tune func(*Config)) (*consumert
 	}
 	require.NoError(t, cfg.Validate())
 	set := receivertest.NewNopSettings(metadata.Type)
+	if os.Getenv("EBPF_TEST_LOG") != "" {
+		set.Logger = zaptest.NewLogger(t) // the receiver's log in the test's output
+	}
 	traces := new(consumertest.TracesSink)
 	metrics := new(consumertest.MetricsSink)
 	f := NewFactory()

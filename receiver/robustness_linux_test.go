@@ -721,15 +721,20 @@ type robProc struct {
 	err   error // exit status, once done is closed
 }
 
+// helperCommand runs this test binary's helper test in g (nil: outside
+// any test cgroup).
+func helperCommand(g *cgroup.Group, helper string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$")
+	if g != nil {
+		g.Into(cmd)
+	}
+	return cmd
+}
+
 // robStart runs a helper in g (nil: outside any test cgroup).
 func robStart(t *testing.T, g *cgroup.Group, env []string, mode string, args ...string) *robProc {
 	t.Helper()
-	var cmd *exec.Cmd
-	if g != nil {
-		cmd = g.Command(os.Args[0], "-test.run=^TestRobustHelper$")
-	} else {
-		cmd = exec.Command(os.Args[0], "-test.run=^TestRobustHelper$")
-	}
+	cmd := helperCommand(g, "TestRobustHelper")
 	cmd.Env = append(append(os.Environ(), robHelperEnv+"="+mode, robArgsEnv+"="+strings.Join(args, " ")), env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

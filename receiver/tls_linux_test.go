@@ -3,6 +3,7 @@
 package receiver
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,6 +21,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,6 +63,15 @@ func selfSigned(t *testing.T, dir string, uid, gid int) (certPath, keyPath strin
 		require.NoError(t, os.Chown(p, uid, gid))
 	}
 	return certPath, keyPath
+}
+
+// ownCertDir is a temporary directory with a self-signed certificate for
+// this test's own TLS helpers.
+func ownCertDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	selfSigned(t, dir, os.Getuid(), os.Getgid())
+	return dir
 }
 
 // pgCertDir is a directory the postgres user can reach (t.TempDir's parent
@@ -136,13 +147,22 @@ func TestTLSPostgresOverOpenSSL(t *testing.T) {
 	}, 20*time.Second, 20*time.Millisecond, "the PostgreSQL backend's SERVER span from its libssl")
 }
 
-// TLS helper: a grpc-go health server over TLS, in a child process.
-const tlsGRPCEnv = "EBPF_TLS_GRPC_HELPER"
+// TLS helper: a grpc-go health server over TLS, or with tlsClientEnv set
+// to the server's address a grpc-go client making three Health/Check
+// calls, in a child process. Both encrypt with Go's crypto/tls.
+const (
+	tlsGRPCEnv   = "EBPF_TLS_GRPC_HELPER"
+	tlsClientEnv = "EBPF_TLS_GRPC_CLIENT"
+	tlsCalls     = 3
+)
 
 func TestTLSGRPCHelper(t *testing.T) {
 	dir := os.Getenv(tlsGRPCEnv)
 	if dir == "" {
 		t.Skip("helper process only")
+	}
+	if addr := os.Getenv(tlsClientEnv); addr != "" {
+		os.Exit(runTLSClient(dir, addr))
 	}
 	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"))
 	if err != nil {
@@ -158,13 +178,61 @@ func TestTLSGRPCHelper(t *testing.T) {
 	_ = srv.Serve(ln)
 }
 
-func TestTLSCurlHTTP2ToGRPC(t *testing.T) {
-	privileged.Require(t)
-	certDir := t.TempDir()
-	selfSigned(t, certDir, os.Getuid(), os.Getgid())
-	g := cgroup.New(t)
+// runTLSClient calls Health/Check tlsCalls times over one TLS connection
+// that trusts the certificate in dir.
+func runTLSClient(dir, addr string) int {
+	// Wait for the test's word that the receiver has probed this process.
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		return 5
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, "server.crt"))
+	if err != nil {
+		return 2
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	cc, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})))
+	if err != nil {
+		return 3
+	}
+	defer cc.Close()
+	h := grpc_health_v1.NewHealthClient(cc)
+	for i := 0; i < tlsCalls; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := h.Check(ctx, &grpc_health_v1.HealthCheckRequest{})
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tls client:", err)
+			return 4
+		}
+	}
+	return 0
+}
 
-	server := exec.Command(os.Args[0], "-test.run=^TestTLSGRPCHelper$")
+// runTLSGoClient runs the grpc-go TLS client helper in g (nil: outside
+// any test cgroup) to its end; it dials once ready has returned.
+func runTLSGoClient(t *testing.T, g *cgroup.Group, certDir, addr string, ready func()) *exec.Cmd {
+	t.Helper()
+	client := helperCommand(g, "TestTLSGRPCHelper")
+	client.Env = append(os.Environ(), tlsGRPCEnv+"="+certDir, tlsClientEnv+"="+addr)
+	var out strings.Builder
+	client.Stdout, client.Stderr = &out, &out
+	dial, err := client.StdinPipe()
+	require.NoError(t, err)
+	require.NoError(t, client.Start())
+	ready()
+	_, err = fmt.Fprintln(dial, "dial")
+	require.NoError(t, err)
+	require.NoError(t, client.Wait(), "%s", out.String())
+	return client
+}
+
+// startTLSServer starts the grpc-go TLS server helper in g (nil: outside
+// any test cgroup) and returns it with its address.
+func startTLSServer(t *testing.T, g *cgroup.Group, certDir string) (*exec.Cmd, string) {
+	t.Helper()
+	server := helperCommand(g, "TestTLSGRPCHelper")
 	server.Env = append(os.Environ(), tlsGRPCEnv+"="+certDir)
 	stdout, err := server.StdoutPipe()
 	require.NoError(t, err)
@@ -173,6 +241,57 @@ func TestTLSCurlHTTP2ToGRPC(t *testing.T) {
 	var addr string
 	_, err = fmt.Fscanln(stdout, &addr)
 	require.NoError(t, err)
+	return server, addr
+}
+
+func TestTLSGoGRPC(t *testing.T) {
+	privileged.Require(t)
+	certDir := ownCertDir(t)
+	g := cgroup.New(t)
+	sink, metrics := grpcReceiver(t, g, nil)
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpSpans(t, sink, metrics)
+		}
+	})
+	server, addr := startTLSServer(t, g, certDir)
+
+	// The receiver looks at new processes every half second. Each helper
+	// gets two probe sets (crypto/tls, and libssl, which every watched
+	// process is given): the client dials once both helpers have theirs.
+	awaitProbed := func(n int64) {
+		require.Eventually(t, func() bool {
+			v, _ := latest(metrics, "ebpf.capture.tls.probed", "")
+			return v >= n
+		}, 20*time.Second, 50*time.Millisecond, "%d probe sets", n)
+	}
+	awaitProbed(2)
+	client := runTLSGoClient(t, g, certDir, addr, func() { awaitProbed(4) })
+
+	clients := awaitSpans(t, sink, ptrace.SpanKindClient, int64(client.Process.Pid), tlsCalls)
+	servers := awaitSpans(t, sink, ptrace.SpanKindServer, int64(server.Process.Pid), tlsCalls)
+	for i := range clients {
+		for _, s := range []pgSpan{clients[i], servers[i]} {
+			require.Equal(t, "grpc.health.v1.Health/Check", s.span.Name())
+			require.Equal(t, "grpc", s.attr("rpc.system.name"))
+			require.Equal(t, "OK", s.attr("rpc.response.status_code"))
+			require.Equal(t, "true", s.attr("tls.established"), "plaintext from crypto/tls")
+			require.Empty(t, s.attr("ebpf.capture.joined_mid_stream"), "the connection was seen from its start")
+			require.Equal(t, ptrace.StatusCodeUnset, s.span.Status().Code())
+		}
+		checkParent(t, clients[i].span, servers[i].span)
+		// Writes are stamped when Write was called: the request is
+		// written before the server reads it.
+		require.LessOrEqual(t, clients[i].span.StartTimestamp(), servers[i].span.StartTimestamp())
+	}
+}
+
+func TestTLSCurlHTTP2ToGRPC(t *testing.T) {
+	privileged.Require(t)
+	certDir := ownCertDir(t)
+	g := cgroup.New(t)
+
+	server, addr := startTLSServer(t, nil, certDir)
 
 	sink := tlsReceiver(t, g)
 	// A gRPC message: compressed flag, 4-byte length, then an empty
@@ -227,12 +346,16 @@ func TestTLSProcessOutsideTheFilterIsNotCaptured(t *testing.T) {
 	psql := exec.Command("/bin/sh", "-c", `sleep 1; exec /usr/bin/psql -X "$0" -c "SELECT 'outside'"`, dsn)
 	out, err := psql.CombinedOutput()
 	require.NoError(t, err, "%s", out)
+	// Go's crypto/tls outside the filter: a grpc-go server and client.
+	certDir := ownCertDir(t)
+	_, addr := startTLSServer(t, nil, certDir)
+	runTLSGoClient(t, nil, certDir, addr, func() { time.Sleep(time.Second) })
 	time.Sleep(time.Second)
 	require.Zero(t, sink.SpanCount(), "a TLS process outside the filter yields no span")
 	// With a filter, probes go on watched processes only: none here.
 	probed, ok := latest(metrics, "ebpf.capture.tls.probed", "")
 	require.True(t, ok)
-	require.Zero(t, probed, "no OpenSSL probe is attached to any process")
+	require.Zero(t, probed, "no OpenSSL or crypto/tls probe is attached to any process")
 	records, _ := latest(metrics, "ebpf.capture.records", "")
 	require.Zero(t, records, "nothing at all was captured")
 }
