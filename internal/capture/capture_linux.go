@@ -54,9 +54,12 @@ type Capture struct {
 	existing [][]byte // synthetic open records for sockets found at start
 	// cgroupRoot is the cgroup v2 mount, for the start-up scan's filter.
 	cgroupRoot string
-	// tls are the TLS library probes (nil when off).
-	tls       *tlsProbes
-	lastTLSAt time.Time
+	// tls are the TLS library probes (nil when off), looked after by the
+	// TLS scanner goroutine; tlsMu guards them.
+	tls     *tlsProbes
+	tlsMu   sync.Mutex
+	tlsStop chan struct{}
+	tlsDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -155,6 +158,7 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 		if err := c.startTLS(); err != nil {
 			return nil, err
 		}
+		c.startTLSScanner()
 	}
 	c.reader, err = ringbuf.NewReader(c.objs.Events)
 	if err != nil {
@@ -266,19 +270,36 @@ func (c *Capture) Run(sink Sink) error {
 			sink.Record(rec.RawSample)
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			armed = false
-			now := time.Now()
-			if c.tls != nil && now.Sub(c.lastTLSAt) >= tlsScanInterval {
-				// New processes may load a TLS library: probe them.
-				c.lastTLSAt = now
-				c.scanTLS()
-			}
-			sink.Tick(now)
+			sink.Tick(time.Now())
 		case errors.Is(err, ringbuf.ErrClosed), errors.Is(err, os.ErrClosed):
 			return nil
 		default:
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
 	}
+}
+
+// startTLSScanner looks at processes for TLS stacks to probe every
+// tlsScanInterval on a goroutine of its own: inspecting an executable can
+// take a second (its symbols and DWARF), which must not stall the
+// ring-buffer reader, and a reader under load is never idle.
+func (c *Capture) startTLSScanner() {
+	c.tlsStop, c.tlsDone = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(c.tlsDone)
+		tick := time.NewTicker(tlsScanInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.tlsStop:
+				return
+			case <-tick.C:
+				c.tlsMu.Lock()
+				c.scanTLS()
+				c.tlsMu.Unlock()
+			}
+		}
+	}()
 }
 
 // Counters sums the kernel's per-CPU counters (indexed by event.CaptureCounter).
@@ -383,6 +404,10 @@ func (c *Capture) Close() error {
 		var errs []error
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())
+		}
+		if c.tlsStop != nil {
+			close(c.tlsStop)
+			<-c.tlsDone
 		}
 		if c.tls != nil {
 			errs = append(errs, c.tls.close())

@@ -139,8 +139,8 @@ func (c *Capture) startTLS() error {
 
 // scanTLS attaches the probes to the processes it has not looked at yet
 // (or looked at before a new library was known), and detaches the
-// per-process probes of processes that exited. Called at start and then on
-// the reader's idle ticks.
+// per-process probes of processes that exited. Called at start and then by
+// the TLS scanner, with tlsMu held.
 func (c *Capture) scanTLS() {
 	t := c.tls
 	if t == nil {
@@ -330,6 +330,8 @@ func (c *Capture) TLSTargets() int {
 	if c.tls == nil {
 		return 0
 	}
+	c.tlsMu.Lock()
+	defer c.tlsMu.Unlock()
 	return len(c.tls.attached)
 }
 
