@@ -86,8 +86,8 @@ vmlinux: ## regenerate bpf/headers/vmlinux.h from this kernel's BTF (opt-in)
 # ---------------------------------------------------------------- test and lint
 
 .PHONY: test
-test: otelcol ## build bin/otelcol-ebpf, then go test -count=1 ./... (privileged tests run when root)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) $(PKGS)
+test: otelcol ghz ## build bin/otelcol-ebpf and ghz, then go test -count=1 ./... (privileged tests run when root)
+	GHZ=$(BENCH_BIN)/ghz $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOTESTFLAGS) $(PKGS)
 
 # Each target for FUZZTIME (a duration, or Nx executions); see tools/fuzz.sh.
 FUZZTIME ?= 10s
@@ -135,12 +135,17 @@ GHZ_VERSION := v0.121.0
 BENCH_BIN   := $(ROOT)/bench/.bin
 BENCH_ARGS  ?=
 
-.PHONY: bench
-bench: ## measure the overhead of the collector (root, ~12 min): docs/performance.md, bench/results.json
-	@[ -x $(OTELCOL) ] || { echo "$(OTELCOL) is missing: run make otelcol first"; exit 1; }
+# ghz (the gRPC load generator of the ghz test in deploy/ and of the
+# benchmark), installed outside go.mod, pinned.
+.PHONY: ghz
+ghz: ## install ghz $(GHZ_VERSION) into bench/.bin (about a minute cold)
 	@mkdir -p $(BENCH_BIN)
 	@[ -x $(BENCH_BIN)/ghz ] || { echo "installing ghz $(GHZ_VERSION) into $(BENCH_BIN)"; \
 		cd / && GOBIN=$(BENCH_BIN) GOFLAGS=-mod=mod $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION); }
+
+.PHONY: bench
+bench: ghz ## measure the overhead of the collector (root, ~12 min): docs/performance.md, bench/results.json
+	@[ -x $(OTELCOL) ] || { echo "$(OTELCOL) is missing: run make otelcol first"; exit 1; }
 	GOFLAGS=-mod=mod $(GO) build -o $(BENCH_BIN)/harness ./bench/harness
 	@# The collector's path stays out of the harness's command line (its
 	@# default, bin/otelcol-ebpf): a `pkill -f otelcol-ebpf` elsewhere on a

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -12,21 +11,15 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protodesc"
-	"google.golang.org/protobuf/types/descriptorpb"
-)
 
-// healthMethod is the unary call the gRPC benchmark makes: grpc-go's own
-// health service, compiled into the grpc module.
-const healthMethod = "grpc.health.v1.Health.Check"
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/ghz"
+)
 
 // grpcServerMain is the "grpc-server" subcommand: a grpc-go server with the
 // health service on a loopback address, until SIGTERM or SIGINT.
@@ -53,19 +46,6 @@ func grpcServerMain(args []string) error {
 	}()
 	fmt.Println("listening", ln.Addr())
 	return srv.Serve(ln)
-}
-
-// writeProtoset writes the health service's descriptor, taken from the
-// compiled Go package, as a FileDescriptorSet for ghz --protoset (the
-// grpc module ships no .proto source).
-func writeProtoset(path string) error {
-	fd := protodesc.ToFileDescriptorProto(grpc_health_v1.File_grpc_health_v1_health_proto)
-	set := &descriptorpb.FileDescriptorSet{File: []*descriptorpb.FileDescriptorProto{fd}}
-	b, err := proto.Marshal(set)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, b, 0o644)
 }
 
 type grpcServer struct {
@@ -125,29 +105,6 @@ func (s *grpcServer) stop() {
 	}
 }
 
-// ghzResult holds the fields of ghz's JSON report that the harness uses.
-type ghzResult struct {
-	Count   int64   `json:"count"`
-	Total   int64   `json:"total"`   // ns
-	Average int64   `json:"average"` // ns
-	RPS     float64 `json:"rps"`
-	Dist    []struct {
-		Percentage float64 `json:"percentage"`
-		Latency    int64   `json:"latency"` // ns
-	} `json:"latencyDistribution"`
-	Status map[string]int64 `json:"statusCodeDistribution"`
-	Errors map[string]int64 `json:"errorDistribution"`
-}
-
-func (r *ghzResult) percentile(p float64) float64 {
-	for _, d := range r.Dist {
-		if d.Percentage == p {
-			return float64(d.Latency) / 1e3
-		}
-	}
-	return 0
-}
-
 type ghzRun struct {
 	Bin, Protoset string
 	Port          int
@@ -158,9 +115,9 @@ type ghzRun struct {
 	Client        *cgroup
 }
 
-func runGhz(ctx context.Context, r ghzRun) (*ghzResult, error) {
+func runGhz(ctx context.Context, r ghzRun) (*ghz.Result, error) {
 	args := []string{
-		"--insecure", "--protoset", r.Protoset, "--call", healthMethod, "-d", "{}",
+		"--insecure", "--protoset", r.Protoset, "--call", ghz.HealthMethod, "-d", "{}",
 		"-c", strconv.Itoa(r.Concurrency), "--connections", strconv.Itoa(r.Connections),
 		"-z", fmt.Sprintf("%ds", r.Seconds), "-O", "json",
 	}
@@ -177,15 +134,5 @@ func runGhz(ctx context.Context, r ghzRun) (*ghzResult, error) {
 	if r.Client != nil {
 		r.Client.into(cmd)
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("ghz %s: %w\n%s", strings.Join(args, " "), err, stderr.String())
-	}
-	var res ghzResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		return nil, fmt.Errorf("ghz output: %w\n%.500s", err, out)
-	}
-	return &res, nil
+	return ghz.Run(cmd)
 }

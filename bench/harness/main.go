@@ -25,6 +25,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/ghz"
 )
 
 func main() {
@@ -37,7 +39,7 @@ func main() {
 	}
 	if len(os.Args) > 2 && os.Args[1] == "protoset" {
 		// The protoset ghz needs, for running it by hand.
-		if err := writeProtoset(os.Args[2]); err != nil {
+		if err := ghz.WriteHealthProtoset(os.Args[2]); err != nil {
 			fmt.Fprintln(os.Stderr, "protoset:", err)
 			os.Exit(1)
 		}
@@ -224,7 +226,7 @@ func run(args []string) error {
 	}
 	if needGRPC {
 		e.protoset = filepath.Join(e.tmp, "health.protoset")
-		if err := writeProtoset(e.protoset); err != nil {
+		if err := ghz.WriteHealthProtoset(e.protoset); err != nil {
 			return err
 		}
 		if e.grpc, err = startGRPCServer(ctx, e.serverCg); err != nil {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"sort"
 	"time"
+
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/ghz"
 )
 
 // Run is one measured run of a workload.
@@ -175,7 +177,7 @@ func (r *Run) setPerSecond(v []float64) {
 	}
 }
 
-func fillGhz(r *Run, res *ghzResult) {
+func fillGhz(r *Run, res *ghz.Result) {
 	r.Throughput, r.Count = res.RPS, res.Count
 	for code, n := range res.Status {
 		if code != "OK" {
@@ -183,7 +185,7 @@ func fillGhz(r *Run, res *ghzResult) {
 		}
 	}
 	r.LatAvgUs = float64(res.Average) / 1e3
-	r.LatP50Us, r.LatP99Us = res.percentile(50), res.percentile(99)
+	r.LatP50Us, r.LatP99Us = res.Percentile(50), res.Percentile(99)
 }
 
 // pgRate is the fixed rate: a fraction of the saturation measured by the
