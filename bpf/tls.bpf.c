@@ -152,7 +152,7 @@ struct go_tls_proc {
 	__u32 netfd; // net.conn.fd: *net.netFD (TCPConn and UnixConn embed net.conn)
 	__u32 pfd;   // net.netFD.pfd: internal/poll.FD
 	__u32 sysfd; // internal/poll.FD.Sysfd
-	__u64 itabs[GO_CONN_ITABS]; // *net.TCPConn, *net.UnixConn as net.Conn; 0: none
+	__u64 itabs[GO_CONN_ITABS]; // *net.TCPConn, *net.UnixConn as net.Conn; both 0: unknown
 };
 
 struct {
@@ -194,7 +194,9 @@ static __always_inline int go_conn_fd(struct go_tls_proc *p, __u64 conn)
 	} iface = {};
 	if (bpf_probe_read_user(&iface, sizeof(iface), (void *)(conn + p->conn)))
 		return -1;
-	if (iface.tab != p->itabs[0] && iface.tab != p->itabs[1])
+	// Without itab symbols (a stripped executable) the type is not checked:
+	// the fd must still be a tracked socket of this process.
+	if ((p->itabs[0] || p->itabs[1]) && iface.tab != p->itabs[0] && iface.tab != p->itabs[1])
 		return -1;
 	__u64 netfd = 0;
 	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(iface.data + p->netfd)) || !netfd)

@@ -129,7 +129,7 @@ func (t *tlsProbes) goBinary(id fileID, pid int) *goBin {
 	switch {
 	case b.err == nil:
 		t.logger.Debug("Go TLS: executable probed", zap.String("path", exeName(pid)), zap.String("go", b.info.GoVersion),
-			zap.Bool("dwarf_offsets", b.info.Offsets.FromDWARF))
+			zap.Bool("dwarf_offsets", b.info.Offsets.FromDWARF), zap.Bool("symbols", b.info.Symbols))
 	case errors.Is(b.err, goelf.ErrNotGo), errors.Is(b.err, goelf.ErrNoTLS):
 		// Nothing to probe: the common case.
 	default:
@@ -239,11 +239,13 @@ func (t *tlsProbes) attachGo(tg tlsTarget, b *goBin) {
 		{b.info.Write, p.GoTlsWrite, p.GoTlsWriteRet},
 		{b.info.Read, p.GoTlsRead, p.GoTlsReadRet},
 	} {
-		l, err := b.ex.Uprobe(fn.f.Symbol, fn.enter, &link.UprobeOptions{PID: tg.pid})
+		// Set by file offset (goelf found it in the symbol table, or in
+		// .gopclntab for a stripped executable).
+		l, err := b.ex.Uprobe(fn.f.Symbol, fn.enter, &link.UprobeOptions{PID: tg.pid, Address: fn.f.Entry})
 		if err == nil {
 			links = append(links, l)
 			for _, off := range fn.f.Returns {
-				if l, err = b.ex.Uprobe(fn.f.Symbol, fn.ret, &link.UprobeOptions{PID: tg.pid, Offset: off}); err != nil {
+				if l, err = b.ex.Uprobe(fn.f.Symbol, fn.ret, &link.UprobeOptions{PID: tg.pid, Address: fn.f.Entry, Offset: off}); err != nil {
 					break
 				}
 				links = append(links, l)

@@ -31,19 +31,22 @@ var (
 	ErrNotGo = errors.New("not a Go executable")
 	// ErrNoTLS: a Go executable that does not link crypto/tls's Conn.
 	ErrNoTLS = errors.New("does not use crypto/tls")
-	// ErrStripped: a Go executable without a symbol table (built with
-	// -ldflags=-s, or run through strip): uprobes cannot find the functions.
-	ErrStripped = errors.New("stripped: no symbol table, crypto/tls cannot be traced")
+	// ErrStripped: a Go executable with neither a symbol table nor a
+	// readable runtime function table (.gopclntab): the functions cannot be
+	// found.
+	ErrStripped = errors.New("stripped: no symbol table nor function table, crypto/tls cannot be traced")
 	// ErrUnsupported: a Go version or architecture the probes do not read.
 	ErrUnsupported = errors.New("unsupported Go executable")
 )
 
-// Func is a probed function: its symbol and the offsets, from its first
-// instruction, of its return instructions. Uretprobes replace the return
-// address on the stack, which breaks when the Go runtime moves a goroutine's
-// stack; a uprobe on every RET instruction sees the results instead.
+// Func is a probed function: its name, the file offset of its first
+// instruction (what a uprobe is set at), and the offsets from there of its
+// return instructions. Uretprobes replace the return address on the stack,
+// which breaks when the Go runtime moves a goroutine's stack; a uprobe on
+// every RET instruction sees the results instead.
 type Func struct {
 	Symbol  string
+	Entry   uint64
 	Returns []uint64
 }
 
@@ -73,8 +76,11 @@ type Binary struct {
 	Offsets   Offsets
 	// Itabs are the link-time addresses of the itabs of *net.TCPConn and
 	// *net.UnixConn as net.Conn (0 where the binary has none): a Conn.conn
-	// whose itab is neither is not a socket the offsets lead to.
-	Itabs [2]uint64
+	// whose itab is neither is not a socket the offsets lead to. A stripped
+	// executable has no itab symbols: both are 0 and the type is not
+	// checked (Symbols is false).
+	Itabs   [2]uint64
+	Symbols bool
 	// PIE executables are loaded at a base chosen at exec time; the
 	// runtime address of a link-time address v is v - LoadVaddr + the start
 	// of the mapping of file offset LoadOffset.
@@ -107,53 +113,34 @@ func Inspect(path string) (*Binary, error) {
 	if !registerABI(bi.GoVersion) {
 		return nil, fmt.Errorf("%w: %s predates the register ABI (Go 1.17)", ErrUnsupported, bi.GoVersion)
 	}
-	syms, err := f.Symbols()
-	if err != nil {
-		if errors.Is(err, elf.ErrNoSymbols) {
-			return nil, strippedError(f)
-		}
-		return nil, err
-	}
 	b := &Binary{GoVersion: bi.GoVersion, PIE: f.Type == elf.ET_DYN}
-	var read, write *elf.Symbol
-	for i := range syms {
-		s := &syms[i]
-		switch s.Name {
-		case ReadSymbol:
-			read = s
-		case WriteSymbol:
-			write = s
-		}
-		for slot, names := range itabSymbols {
-			for _, n := range names {
-				if s.Name == n {
-					b.Itabs[slot] = s.Value
-				}
-			}
-		}
-	}
-	if read == nil || write == nil {
-		return nil, ErrNoTLS
-	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_LOAD {
 			b.LoadVaddr, b.LoadOffset = p.Vaddr&^0xfff, p.Off&^0xfff
 			break
 		}
 	}
+	funcs, err := findFuncs(f, b)
+	if err != nil {
+		return nil, err
+	}
 	for _, fn := range []struct {
-		sym *elf.Symbol
+		r   funcRange
 		out *Func
-	}{{read, &b.Read}, {write, &b.Write}} {
-		code, err := symbolCode(f, fn.sym)
+	}{{funcs[0], &b.Write}, {funcs[1], &b.Read}} {
+		code, err := rangeCode(f, fn.r)
 		if err != nil {
 			return nil, err
 		}
 		rets, err := ReturnOffsets(code)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", fn.sym.Name, err)
+			return nil, fmt.Errorf("%s: %w", fn.r.name, err)
 		}
-		*fn.out = Func{Symbol: fn.sym.Name, Returns: rets}
+		entry, err := fileOffset(f, fn.r.addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", fn.r.name, err)
+		}
+		*fn.out = Func{Symbol: fn.r.name, Entry: entry, Returns: rets}
 	}
 	b.Offsets = defaultOffsets
 	if d, err := f.DWARF(); err == nil {
@@ -162,58 +149,132 @@ func Inspect(path string) (*Binary, error) {
 		} else {
 			return nil, err
 		}
+	} else if goMinor(bi.GoVersion) > lastKnownLayout {
+		return nil, fmt.Errorf("%w: %s without DWARF: its struct layout is not known", ErrUnsupported, bi.GoVersion)
 	}
 	return b, nil
 }
 
-// strippedError tells a stripped executable that uses crypto/tls
-// (ErrStripped: worth a word to the operator) from one that does not
-// (ErrNoTLS): the runtime's function table (.gopclntab) survives strip.
-func strippedError(f *elf.File) error {
+// lastKnownLayout is the newest Go 1.x minor whose layout defaultOffsets
+// were checked against.
+const lastKnownLayout = 26
+
+// funcRange is a function's name, link-time address and size.
+type funcRange struct {
+	name       string
+	addr, size uint64
+}
+
+// findFuncs finds (*Conn).Write and (*Conn).Read, and the itabs, in the
+// symbol table, or without one in the runtime's function table, which
+// survives strip (-ldflags=-s) since the runtime needs it.
+func findFuncs(f *elf.File, b *Binary) ([2]funcRange, error) {
+	var out [2]funcRange
+	names := [2]string{WriteSymbol, ReadSymbol}
+	syms, err := f.Symbols()
+	switch {
+	case err == nil:
+		b.Symbols = true
+		for i := range syms {
+			s := &syms[i]
+			for k, n := range names {
+				if s.Name == n {
+					out[k] = funcRange{name: n, addr: s.Value, size: s.Size}
+				}
+			}
+			for slot, itabs := range itabSymbols {
+				for _, n := range itabs {
+					if s.Name == n {
+						b.Itabs[slot] = s.Value
+					}
+				}
+			}
+		}
+	case errors.Is(err, elf.ErrNoSymbols):
+		tab, err := pclnTable(f)
+		if err != nil {
+			return out, ErrStripped
+		}
+		for k, n := range names {
+			if fn := tab.LookupFunc(n); fn != nil && fn.End > fn.Entry {
+				out[k] = funcRange{name: n, addr: fn.Entry, size: fn.End - fn.Entry}
+			}
+		}
+	default:
+		return out, err
+	}
+	if out[0].size == 0 || out[1].size == 0 {
+		return out, ErrNoTLS
+	}
+	return out, nil
+}
+
+// pclnTable reads the runtime's function table.
+func pclnTable(f *elf.File) (*gosym.Table, error) {
 	pcln, text := f.Section(".gopclntab"), f.Section(".text")
 	if pcln == nil || text == nil {
-		return ErrStripped
+		return nil, errors.New("no .gopclntab")
 	}
 	data, err := pcln.Data()
 	if err != nil {
-		return ErrStripped
+		return nil, err
 	}
-	tab, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
-	if err != nil || tab.LookupFunc(ReadSymbol) != nil {
-		return ErrStripped
+	return gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+}
+
+// fileOffset maps a link-time address to its offset in the file (what a
+// uprobe is set at), through the executable segment that holds it.
+func fileOffset(f *elf.File, addr uint64) (uint64, error) {
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_LOAD && p.Flags&elf.PF_X != 0 && addr >= p.Vaddr && addr < p.Vaddr+p.Filesz {
+			return addr - p.Vaddr + p.Off, nil
+		}
 	}
-	return ErrNoTLS
+	return 0, fmt.Errorf("address %#x is in no executable segment", addr)
 }
 
 // registerABI reports whether version ("go1.21.5", "go1.26rc1", "devel
 // ...") passes arguments in registers on amd64.
 func registerABI(version string) bool {
+	if strings.HasPrefix(version, "devel") {
+		return true
+	}
+	return goMinor(version) >= 17
+}
+
+// goMinor is the minor release of a "go1.N..." version, -1 if it is none.
+func goMinor(version string) int {
 	v, ok := strings.CutPrefix(version, "go1.")
 	if !ok {
-		return strings.HasPrefix(version, "devel")
+		return -1
 	}
 	end := 0
 	for end < len(v) && v[end] >= '0' && v[end] <= '9' {
 		end++
 	}
 	minor, err := strconv.Atoi(v[:end])
-	return err == nil && minor >= 17
+	if err != nil {
+		return -1
+	}
+	return minor
 }
 
-// symbolCode returns the bytes of a function symbol.
-func symbolCode(f *elf.File, s *elf.Symbol) ([]byte, error) {
-	if int(s.Section) >= len(f.Sections) || s.Size == 0 {
-		return nil, fmt.Errorf("%s: no code", s.Name)
+// rangeCode returns the machine code of a function.
+func rangeCode(f *elf.File, r funcRange) ([]byte, error) {
+	for _, sec := range f.Sections {
+		if sec.Type != elf.SHT_PROGBITS || sec.Flags&elf.SHF_EXECINSTR == 0 {
+			continue
+		}
+		if r.addr < sec.Addr || r.addr+r.size > sec.Addr+sec.Size {
+			continue
+		}
+		code := make([]byte, r.size)
+		if _, err := sec.ReadAt(code, int64(r.addr-sec.Addr)); err != nil {
+			return nil, fmt.Errorf("%s: %w", r.name, err)
+		}
+		return code, nil
 	}
-	sec := f.Sections[s.Section]
-	if s.Value < sec.Addr || s.Value+s.Size > sec.Addr+sec.Size {
-		return nil, fmt.Errorf("%s: outside its section %s", s.Name, sec.Name)
-	}
-	code := make([]byte, s.Size)
-	if _, err := sec.ReadAt(code, int64(s.Value-sec.Addr)); err != nil {
-		return nil, fmt.Errorf("%s: %w", s.Name, err)
-	}
-	return code, nil
+	return nil, fmt.Errorf("%s: not in an executable section", r.name)
 }
 
 // ReturnOffsets decodes a function's machine code from its first byte and
