@@ -240,14 +240,20 @@ func (t *tlsProbes) attachGo(tg tlsTarget, b *goBin) {
 		{b.info.Read, p.GoTlsRead, p.GoTlsReadRet},
 	} {
 		// Set by file offset (goelf found it in the symbol table, or in
-		// .gopclntab for a stripped executable).
-		l, err := b.ex.Uprobe(fn.f.Symbol, fn.enter, &link.UprobeOptions{PID: tg.pid, Address: fn.f.Entry})
-		if err == nil {
+		// .gopclntab for a stripped executable). The returns first: a call
+		// whose entry was seen must reach a probed RET, or the entry the
+		// kernel keeps for it would pass for a re-entry of the next call.
+		var err error
+		for _, off := range fn.f.Returns {
+			var l link.Link
+			if l, err = b.ex.Uprobe(fn.f.Symbol, fn.ret, &link.UprobeOptions{PID: tg.pid, Address: fn.f.Entry, Offset: off}); err != nil {
+				break
+			}
 			links = append(links, l)
-			for _, off := range fn.f.Returns {
-				if l, err = b.ex.Uprobe(fn.f.Symbol, fn.ret, &link.UprobeOptions{PID: tg.pid, Address: fn.f.Entry, Offset: off}); err != nil {
-					break
-				}
+		}
+		if err == nil {
+			var l link.Link
+			if l, err = b.ex.Uprobe(fn.f.Symbol, fn.enter, &link.UprobeOptions{PID: tg.pid, Address: fn.f.Entry}); err == nil {
 				links = append(links, l)
 			}
 		}
