@@ -34,7 +34,9 @@ status=0
 if ((${#changed[@]})); then
 	echo "generated files differ from git (run 'make generate' and commit):"
 	git --no-pager diff --stat -- "${changed[@]}"
-	git --no-pager diff --exit-code -- "${changed[@]}" | head -n 200 || true
+	# Bounded without `| head` (SIGPIPE under pipefail).
+	diff_out=$(git --no-pager diff -- "${changed[@]}" || true)
+	printf '%s\n' "$diff_out" | sed -n '1,200p'
 	status=1
 fi
 if ((${#untracked[@]})); then
