@@ -42,10 +42,19 @@ func (b *Builder) Query(p procmeta.Info, conn *stream.ConnInfo, q *postgres.Quer
 	if sum.Summary != "" {
 		attrs.PutStr("db.query.summary", sum.Summary)
 	}
+	// db.operation.name is set only when the statement names exactly one
+	// operation: the sanitizer leaves it empty for a multi-statement text
+	// ("BEGIN; UPDATE ...; COMMIT"), whose last command tag (COMMIT) would
+	// name only its last statement. The sanitizer reads the text whatever
+	// the query_text mode, so with "off" the operation still comes from it.
 	operation := sum.Operation
-	if operation == "" && q.CommandTag != "" {
-		// The command tag names what the server ran ("SELECT 3" -> SELECT),
-		// also for a statement whose text we never saw.
+	if q.TextUnknown && q.Extended && q.CommandTag != "" {
+		// The text was never seen (prepared before capture started, or
+		// evicted from the statement table): the command tag names what
+		// the server ran ("UPDATE 2" -> UPDATE). Only for an Execute: a
+		// Parse message holds at most one SQL statement, so its portal
+		// has one tag, whereas a simple 'Q' may hold several statements
+		// and only its last tag is kept.
 		operation, _ = postgres.ParseCommandTag(q.CommandTag)
 	}
 	if operation != "" {

@@ -180,3 +180,93 @@ func TestErrorMessagesLoseQuotedValues(t *testing.T) {
 	}
 	require.Equal(t, `a "?" b "?"`, scrubQuoted(`a "x" b "y`), "an unterminated quote hides the rest")
 }
+
+func TestOperationName(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		q              postgres.Query
+		mode           sqlsan.Mode
+		op, collection string // "" means absent
+	}{
+		{name: "one statement", q: postgres.Query{Text: "UPDATE t SET a = 1", CommandTag: "UPDATE 3"}, op: "UPDATE", collection: "t"},
+		// The semantic conventions set db.operation.name and
+		// db.collection.name only when the statement names exactly one;
+		// the last command tag (COMMIT) must not stand for the whole text.
+		{name: "multi-statement", q: postgres.Query{Text: "BEGIN; UPDATE t SET a = 1; COMMIT", CommandTag: "COMMIT"}},
+		{name: "multi-statement text off", q: postgres.Query{Text: "BEGIN; UPDATE t SET a = 1; COMMIT", CommandTag: "COMMIT"}, mode: sqlsan.ModeOff},
+		// With query_text off the text is still read: the operation comes
+		// from the statement, not from the tag.
+		{name: "one statement text off", q: postgres.Query{Text: "SELECT * FROM t", CommandTag: "SELECT 2"}, mode: sqlsan.ModeOff, op: "SELECT", collection: "t"},
+		// Prepared before capture started: the tag is all we know, and an
+		// Execute runs exactly one statement.
+		{name: "execute of unknown statement", q: postgres.Query{TextUnknown: true, Extended: true, StatementName: "s1", CommandTag: "DELETE 1"}, op: "DELETE"},
+		// A simple query whose text could not be read may have held
+		// several statements: its last tag does not name it.
+		{name: "simple query of unknown text", q: postgres.Query{TextUnknown: true, CommandTag: "COMMIT"}},
+		{name: "no tag", q: postgres.Query{TextUnknown: true, Extended: true}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := NewBuilder(Options{})
+			q := tt.q
+			q.Start, q.End = 1, 2
+			b.Query(clientProc, &clientConn, &q, false, Link{}, PostgresOptions{QueryText: tt.mode})
+			attrs := b.Take().ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0).Attributes()
+			for key, want := range map[string]string{"db.operation.name": tt.op, "db.collection.name": tt.collection} {
+				v, ok := attrs.Get(key)
+				require.Equal(t, want != "", ok, "%s present", key)
+				if ok {
+					require.Equal(t, want, v.Str(), key)
+				}
+			}
+		})
+	}
+}
+
+// The RPC conventions after v1.37 renamed rpc.system to rpc.system.name and
+// rpc.grpc.status_code to rpc.response.status_code, and dropped
+// rpc.service (rpc.method carries it): the older names appear only when
+// asked for, and the zero GRPCOptions (the receiver's default) leaves them out.
+func TestGRPCLegacyAttributes(t *testing.T) {
+	legacy := []string{"rpc.system", "rpc.service", "rpc.grpc.status_code"}
+	call := &grpc.Call{Start: 1, End: 2, StreamID: 1, Method: "helloworld.Greeter/SayHello", HTTPStatus: 200,
+		GRPCStatus: 5, HasStatus: true, StatusSource: grpc.StatusTrailers, ReqMessages: 1, EndReason: grpc.EndTrailers}
+	for _, tt := range []struct {
+		name string
+		opts GRPCOptions
+	}{
+		{"default", GRPCOptions{}},
+		{"legacy", GRPCOptions{LegacyAttributes: true}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := NewBuilder(Options{})
+			b.Call(clientProc, &clientConn, call, false, Link{}, tt.opts)
+			b.Call(serverProc, &serverConn, call, true, Link{}, tt.opts)
+			n := 0
+			got := b.Take()
+			for i := 0; i < got.ResourceSpans().Len(); i++ {
+				ss := got.ResourceSpans().At(i).ScopeSpans().At(0).Spans()
+				for j := 0; j < ss.Len(); j++ {
+					n++
+					attrs := ss.At(j).Attributes()
+					v, _ := attrs.Get("rpc.system.name")
+					require.Equal(t, "grpc", v.Str(), "the current name is always there")
+					v, _ = attrs.Get("rpc.response.status_code")
+					require.Equal(t, "NOT_FOUND", v.Str())
+					for _, k := range legacy {
+						_, ok := attrs.Get(k)
+						require.Equal(t, tt.opts.LegacyAttributes, ok, "%s on a %s span", k, ss.At(j).Kind())
+					}
+					if tt.opts.LegacyAttributes {
+						v, _ = attrs.Get("rpc.system")
+						require.Equal(t, "grpc", v.Str())
+						v, _ = attrs.Get("rpc.service")
+						require.Equal(t, "helloworld.Greeter", v.Str())
+						v, _ = attrs.Get("rpc.grpc.status_code")
+						require.Equal(t, int64(5), v.Int())
+					}
+				}
+			}
+			require.Equal(t, 2, n, "a CLIENT and a SERVER span")
+		})
+	}
+}
