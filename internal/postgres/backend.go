@@ -164,10 +164,26 @@ func (p *Parser) backend(typ byte, body []byte, partial bool, ts uint64) {
 func (p *Parser) completeExecute(ts uint64) {
 	e := p.fifo.pop()
 	e.q.End = ts
-	// The last Execute before Sync ends, from the client's point of view,
-	// at the ReadyForQuery.
-	endAtRFQ := p.fifo.len() > 0 && p.fifo.at(0).kind == kSync
-	p.hold(e.q, endAtRFQ)
+	p.hold(e.q, p.lastExecuteOfRound())
+}
+
+// lastExecuteOfRound reports whether the queue, just after an Execute was
+// answered, holds no other Execute before its Sync. That Execute ends, from
+// the client's point of view, at the ReadyForQuery answering the Sync: the
+// Close, Describe or Bind messages sent between it and the Sync (Close of
+// the portal it ran, typically) only add their own completion messages
+// before it. With no Sync sent yet (the client used Flush and waits for this
+// answer), it ends at its own completion message.
+func (p *Parser) lastExecuteOfRound() bool {
+	for i := 0; i < p.fifo.len(); i++ {
+		switch p.fifo.at(i).kind {
+		case kSync:
+			return true
+		case kExecute, kQuery, kFunction:
+			return false
+		}
+	}
+	return false
 }
 
 // ready handles ReadyForQuery: the round of requests up to the first Sync

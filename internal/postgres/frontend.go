@@ -163,19 +163,24 @@ func (p *Parser) frontend(typ byte, body []byte, partial bool, ts uint64) {
 			p.stats.DecodeErrors.Add(1)
 			e.textUnknown = true
 		} else {
-			e.name = p.mClose.Name
-			p.describeText(&e, p.mClose.ObjectType, e.name)
+			// Close names the statement ('S') or the portal ('P') to drop.
+			// For a portal, describeText turns e.name into the statement
+			// the portal was bound from (what a failing Close reports), so
+			// the table is updated with the name from the message.
+			name := p.mClose.Name
+			e.name = name
+			p.describeText(&e, p.mClose.ObjectType, name)
 			if !p.discarding {
 				// Closing a name that does not exist is not an error.
 				switch {
-				case p.mClose.ObjectType == 'S' && e.name == "":
+				case p.mClose.ObjectType == 'S' && name == "":
 					p.unnamedKnown = false
 				case p.mClose.ObjectType == 'S':
-					p.stmts.del(e.name)
-				case e.name == "":
+					p.stmts.del(name)
+				case name == "":
 					p.unnamedPKnown = false
 				default:
-					p.portals.del(e.name)
+					p.portals.del(name)
 				}
 			}
 		}

@@ -40,6 +40,15 @@ const (
 	// smallLen: the backend caps most control messages at
 	// PQ_SMALL_MESSAGE_LIMIT (10000) bytes of body.
 	smallLen = 10000 + 4
+	// reportLen: that cap is on what the backend reads, not on what it
+	// sends. A ParameterStatus carries the whole value of a reported
+	// setting, and a string setting (search_path where the server reports
+	// it, an extension's reported setting) has no length limit of its
+	// own; libpq takes backend messages of types it does not list as long
+	// (VALID_LONG_MESSAGE_TYPE in fe-protocol3.c) up to a length field of
+	// 30000 and treats longer ones as a lost boundary, so no server that
+	// libpq clients talk to sends more.
+	reportLen = 30000
 	// authLen: SASL/GSS tokens are capped at PG_MAX_AUTH_TOKEN_LENGTH
 	// (65535) bytes.
 	authLen = 65535 + 4 + 64
@@ -94,7 +103,7 @@ var backendLen = [256]lenRange{
 	'K': {4 + 4 + 4, 4 + 4 + 256},  // BackendKeyData (3.2 allows keys up to 256 bytes)
 	'N': {4 + 1, largeLen},         // NoticeResponse
 	'R': {4 + 4, authLen},          // Authentication*
-	'S': {4 + 1 + 1, smallLen},     // ParameterStatus: name\0 value\0
+	'S': {4 + 1 + 1, reportLen},    // ParameterStatus: name\0 value\0
 	'T': {4 + 2, largeLen},         // RowDescription
 	'V': {4 + 4, largeLen},         // FunctionCallResponse
 	'W': {4 + 1 + 2, smallLen},     // CopyBothResponse
