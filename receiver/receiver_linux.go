@@ -102,15 +102,25 @@ func startEngine(_ context.Context, cfg *Config, set receiver.Settings, traces c
 			_ = e.shutdown(context.Background())
 		}
 	}()
-	if metrics != nil && cfg.MapPressure.Enabled {
+	// Socket capture runs only when spans are wanted: its programs see
+	// every read and write on the host.
+	wantCapture := traces != nil && (cfg.Postgres.Enabled || cfg.GRPC.Enabled)
+	wantMapPressure := metrics != nil && cfg.MapPressure.Enabled
+	// Both load eBPF programs: the capabilities are checked before the
+	// first load, so that their absence is named rather than reported as
+	// the bare EPERM of whichever load comes first.
+	if wantCapture || wantMapPressure {
+		if err := capture.CheckPrivileges(); err != nil {
+			return nil, fmt.Errorf("ebpf receiver: %w", err)
+		}
+	}
+	if wantMapPressure {
 		if err := e.startMapPressure(); err != nil {
 			return nil, err
 		}
 	}
 
-	// Socket capture runs only when spans are wanted: its programs see
-	// every read and write on the host.
-	if traces != nil && (cfg.Postgres.Enabled || cfg.GRPC.Enabled) {
+	if wantCapture {
 		obs, err := receiverhelper.NewObsReport(receiverhelper.ObsReportSettings{
 			ReceiverID: set.ID, Transport: transport, ReceiverCreateSettings: set,
 		})

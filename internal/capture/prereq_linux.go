@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,9 +21,9 @@ const (
 )
 
 // checkPrerequisites names what is missing before any program is loaded:
-// the capabilities, the kernel's BTF, and tracefs.
+// the capabilities (and the memlock limit), the kernel's BTF, and tracefs.
 func checkPrerequisites() error {
-	if err := checkCapabilities(); err != nil {
+	if err := CheckPrivileges(); err != nil {
 		return err
 	}
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
@@ -31,13 +32,43 @@ func checkPrerequisites() error {
 	return ensureTracefs()
 }
 
+// CheckPrivileges is what every eBPF object of the receiver needs, the
+// capture's and the map sampler's alike: call it before loading the first
+// one, whichever that is, so that a missing capability is named instead of
+// surfacing as a bare EPERM from bpf(2). It checks the effective
+// capabilities and then, on kernels before 5.11, raises RLIMIT_MEMLOCK.
+func CheckPrivileges() error {
+	if err := checkCapabilities(); err != nil {
+		return err
+	}
+	// Kernels before 5.11 charge eBPF maps and programs to RLIMIT_MEMLOCK;
+	// from 5.11 they are charged to the memory cgroup and RemoveMemlock
+	// changes nothing.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK for eBPF maps (needed on Linux before 5.11 only, which charges eBPF memory to it instead of the memory cgroup): grant CAP_SYS_RESOURCE or raise the limit before the collector starts (systemd LimitMEMLOCK=infinity): %w", err)
+	}
+	return nil
+}
+
+// checkCapabilities names the capabilities missing from the effective set.
+// Every program the receiver loads is a tracing program (syscall
+// tracepoints, tp_btf, uprobes, iter/bpf_map): bpf(2) wants CAP_BPF for
+// BPF_PROG_LOAD and BPF_MAP_CREATE, and CAP_PERFMON for tracing program
+// types, probe reads and perf_event_open(2). CAP_SYS_ADMIN satisfies both
+// checks in the kernel (bpf_capable, perfmon_capable), and is the only way
+// before Linux 5.8, which has neither.
 func checkCapabilities() error {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("read process capabilities: %w", err)
 	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	return missingCapabilities(func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 })
+}
+
+// missingCapabilities builds the error for an effective set: nil, or one
+// that names exactly the capabilities lacking.
+func missingCapabilities(has func(c uint) bool) error {
 	if has(capSysAdmin) {
 		return nil
 	}
@@ -48,11 +79,19 @@ func checkCapabilities() error {
 	if !has(capPerfmon) {
 		missing = append(missing, "CAP_PERFMON")
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing capabilities %s: run the collector as root or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (e.g. setcap or the systemd unit's AmbientCapabilities)", strings.Join(missing, ", "))
+	switch len(missing) {
+	case 0:
+		return nil
+	case 1:
+		return fmt.Errorf("missing capability %s: %s", missing[0], grantHint)
+	default:
+		return fmt.Errorf("missing capabilities %s: %s", strings.Join(missing, ", "), grantHint)
 	}
-	return nil
 }
+
+const grantHint = "run the collector as root or grant CAP_BPF and CAP_PERFMON " +
+	"(setcap, the systemd unit's AmbientCapabilities, the container's capabilities.add; " +
+	"CAP_SYS_ADMIN covers both, and is needed instead on Linux before 5.8)"
 
 // ensureTracefs makes sure the syscall tracepoints can be found, mounting
 // tracefs at /sys/kernel/tracing when it is not mounted (allowed as root).
