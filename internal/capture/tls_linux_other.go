@@ -3,17 +3,25 @@
 package capture
 
 import (
-	"errors"
+	"runtime"
 
 	"github.com/cilium/ebpf"
+	"go.uber.org/zap"
 )
 
 // tlsProbes is not built on this architecture: the TLS programs read
 // function arguments from amd64 registers.
 type tlsProbes struct{}
 
+// startTLS leaves TLS capture off: tls.openssl and tls.go default to true,
+// and the default config must start on every architecture. Capture runs
+// without plaintext: TLS connections are seen as ciphertext, counted as
+// tls_ciphertext drops and given up. Said once, at start.
 func (c *Capture) startTLS() error {
-	return errors.New("TLS capture (tls.openssl, tls.go) is built for amd64 only; turn it off on this architecture")
+	c.logger.Warn("TLS capture is built for amd64 only: TLS connections stay ciphertext on this architecture (set tls.openssl: false and tls.go: false to silence this)",
+		zap.String("arch", runtime.GOARCH),
+		zap.Bool("tls.openssl", c.opts.TLS.OpenSSL), zap.Bool("tls.go", c.opts.TLS.Go))
+	return nil
 }
 
 func (c *Capture) scanTLS() {}

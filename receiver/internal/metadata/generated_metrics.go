@@ -745,7 +745,7 @@ type metricEbpfCaptureTLSConnections struct {
 // init fills ebpf.capture.tls.connections metric with initial data.
 func (m *metricEbpfCaptureTLSConnections) init() {
 	m.data.SetName("ebpf.capture.tls.connections")
-	m.data.SetDescription("Connections whose plaintext came from a TLS library probe (OpenSSL).")
+	m.data.SetDescription("Connections whose plaintext came from a TLS probe (OpenSSL's SSL_read/SSL_write or Go's crypto/tls Conn.Read/Write).")
 	m.data.SetUnit("{connections}")
 	m.data.SetEmptySum()
 	m.data.Sum().SetIsMonotonic(true)
@@ -797,7 +797,7 @@ type metricEbpfCaptureTLSProbed struct {
 // init fills ebpf.capture.tls.probed metric with initial data.
 func (m *metricEbpfCaptureTLSProbed) init() {
 	m.data.SetName("ebpf.capture.tls.probed")
-	m.data.SetDescription("TLS library probe sets attached (one per library file, or per library file and process when a filter is set). Zero while TLS processes are watched means their TLS library is not probed (statically linked, not OpenSSL).")
+	m.data.SetDescription("TLS probe sets attached (one per libssl file or Go executable, or per file and process when a filter is set). Not a per-process signal - with a filter every watched process gets a set on every known libssl, whether it loads it or not, so processes whose TLS is not captured (rustls, static OpenSSL) still count; a steadily growing ebpf.capture.drops{reason=tls_ciphertext} is what shows them. Zero means no TLS stack is probed at all.")
 	m.data.SetUnit("{probe_sets}")
 	m.data.SetEmptyGauge()
 }

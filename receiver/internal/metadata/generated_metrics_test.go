@@ -400,7 +400,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["ebpf.capture.tls.connections"] = true
 					assert.Equal(t, pmetric.MetricTypeSum, mi.Type())
 					assert.Equal(t, 1, mi.Sum().DataPoints().Len())
-					assert.Equal(t, "Connections whose plaintext came from a TLS library probe (OpenSSL).", mi.Description())
+					assert.Equal(t, "Connections whose plaintext came from a TLS probe (OpenSSL's SSL_read/SSL_write or Go's crypto/tls Conn.Read/Write).", mi.Description())
 					assert.Equal(t, "{connections}", mi.Unit())
 					assert.True(t, mi.Sum().IsMonotonic())
 					assert.Equal(t, pmetric.AggregationTemporalityCumulative, mi.Sum().AggregationTemporality())
@@ -414,7 +414,7 @@ func TestMetricsBuilder(t *testing.T) {
 					validatedMetrics["ebpf.capture.tls.probed"] = true
 					assert.Equal(t, pmetric.MetricTypeGauge, mi.Type())
 					assert.Equal(t, 1, mi.Gauge().DataPoints().Len())
-					assert.Equal(t, "TLS library probe sets attached (one per library file, or per library file and process when a filter is set). Zero while TLS processes are watched means their TLS library is not probed (statically linked, not OpenSSL).", mi.Description())
+					assert.Equal(t, "TLS probe sets attached (one per libssl file or Go executable, or per file and process when a filter is set). Not a per-process signal - with a filter every watched process gets a set on every known libssl, whether it loads it or not, so processes whose TLS is not captured (rustls, static OpenSSL) still count; a steadily growing ebpf.capture.drops{reason=tls_ciphertext} is what shows them. Zero means no TLS stack is probed at all.", mi.Description())
 					assert.Equal(t, "{probe_sets}", mi.Unit())
 					dp := mi.Gauge().DataPoints().At(0)
 					assert.Equal(t, start, dp.StartTimestamp())
