@@ -48,13 +48,6 @@ __u64 next_conn_id = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); // pid_tgid
-	__type(value, struct inflight);
-} inflight SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
 	__type(key, __u32); // tgid
 	__type(value, __u8);
@@ -238,6 +231,7 @@ static __always_inline void track(int fd, __u8 role)
 		return;
 	}
 	proc_sockets(tgid, 1);
+	proc_mark(tgid);
 	count(CNT_CONN_OPENED, 1);
 	announce(tgid, (__u32)pid_tgid, fd, &info, sk);
 }
@@ -264,7 +258,7 @@ static __always_inline void announce(__u32 tgid, __u32 tid, int fd, const struct
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (info->tuple.family == AF_UNIX && sk)
 		read_unix_path(sk, info->role, e->unix_path);
-	bpf_ringbuf_submit(e, rb_flags());
+	bpf_ringbuf_submit(e, rb_flags_reserved(sizeof(*e)));
 }
 
 // ---------------------------------------------------------------------------
@@ -274,11 +268,10 @@ static __always_inline void announce(__u32 tgid, __u32 tid, int fd, const struct
 // library call: the SSL object is tied to the fd, and the socket is marked
 // as carrying TLS. It returns true when the syscall's bytes are ciphertext
 // and must not be captured.
-static __always_inline bool tls_socket(__u64 pid_tgid, int fd, struct sock_info *si)
+static __always_inline bool tls_socket(struct task_ctx *t, __u32 tgid, int fd, struct sock_info *si)
 {
-	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
-	if (tc) {
-		struct ssl_key k = {.tgid = pid_tgid >> 32, .ssl = tc->ssl};
+	if (t->tls.ssl) {
+		struct ssl_key k = {.tgid = tgid, .ssl = t->tls.ssl};
 		bpf_map_update_elem(&ssl_fds, &k, &fd, BPF_ANY);
 		si->tls = 1;
 		return true;
@@ -286,45 +279,79 @@ static __always_inline bool tls_socket(__u64 pid_tgid, int fd, struct sock_info 
 	return si->tls;
 }
 
-static __always_inline void remember(int fd, __u64 ptr, __u32 iovcnt)
+// enter_socket is the start of every data syscall's enter program: the
+// thread's state if fd is a tracked socket of this process whose bytes are
+// to be captured, else NULL.
+static __always_inline struct task_ctx *enter_socket(int fd)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sock_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	// The one lookup that every read/write on the host pays.
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	// The test that nearly every syscall on the host stops at.
+	if (!proc_maybe_tracked(tgid))
+		return NULL;
+	struct sock_key key = {.tgid = tgid, .fd = fd};
 	struct sock_info *si = bpf_map_lookup_elem(&sockets, &key);
-	if (!si || tls_socket(pid_tgid, fd, si))
-		return;
-	struct inflight io = {.ptr = ptr, .fd = fd, .iovcnt = iovcnt};
-	if (bpf_map_update_elem(&inflight, &pid_tgid, &io, BPF_ANY))
+	if (!si)
+		return NULL;
+	struct task_ctx *t = this_task_ctx(true);
+	if (!t) {
 		count(CNT_DROP_ARGS_FULL, 1);
+		return NULL;
+	}
+	if (tls_socket(t, tgid, fd, si)) {
+		t->io.source = 0;
+		return NULL;
+	}
+	return t;
 }
 
-static __always_inline void remember_msg(int fd, __u64 umsg)
+static __always_inline void remember(int fd, __u64 ptr, __u32 iovcnt, __u8 source)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sock_key key = {.tgid = pid_tgid >> 32, .fd = fd};
-	struct sock_info *si = bpf_map_lookup_elem(&sockets, &key);
-	if (!si || tls_socket(pid_tgid, fd, si))
+	struct task_ctx *t = enter_socket(fd);
+	if (!t)
+		return;
+	t->io.ptr = ptr;
+	t->io.fd = fd;
+	t->io.iovcnt = iovcnt;
+	t->io.ts = 0;
+	t->io.source = source;
+}
+
+static __always_inline void remember_msg(int fd, __u64 umsg, __u8 source)
+{
+	struct task_ctx *t = enter_socket(fd);
+	if (!t)
 		return;
 	struct user_msghdr m = {};
-	if (bpf_probe_read_user(&m, sizeof(m), (void *)umsg))
+	t->io.source = 0;
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)umsg) || m.msg_iovlen == 0)
 		return;
-	struct inflight io = {.ptr = (__u64)m.msg_iov, .fd = fd, .iovcnt = m.msg_iovlen};
-	if (io.iovcnt == 0)
-		return;
-	if (bpf_map_update_elem(&inflight, &pid_tgid, &io, BPF_ANY))
-		count(CNT_DROP_ARGS_FULL, 1);
+	t->io.ptr = (__u64)m.msg_iov;
+	t->io.fd = fd;
+	t->io.iovcnt = m.msg_iovlen;
+	t->io.ts = 0;
+	t->io.source = source;
+}
+
+// take_inflight returns, and clears, what the enter program of the same
+// syscall (source) saved on this thread.
+static __always_inline bool take_inflight(__u64 pid_tgid, __u32 source, struct inflight *out)
+{
+	if (!proc_maybe_tracked(pid_tgid >> 32))
+		return false;
+	struct task_ctx *t = this_task_ctx(false);
+	if (!t || t->io.source != source)
+		return false;
+	*out = t->io;
+	t->io.source = 0;
+	return true;
 }
 
 static __always_inline void finish(long ret, __u8 dir, __u8 source)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct inflight *io = bpf_map_lookup_elem(&inflight, &pid_tgid);
-	if (!io)
-		return;
-	struct inflight copy = *io;
-	bpf_map_delete_elem(&inflight, &pid_tgid);
-	capture(&copy, ret, dir, source, 0, SLOT_SYSCALL);
+	struct inflight io;
+	if (take_inflight(pid_tgid, source, &io))
+		capture(&io, ret, dir, source, 0, SLOT_SYSCALL, pid_tgid);
 }
 
 // Syscall tracepoint records: args[] of sys_enter_* and ret of sys_exit_*
@@ -338,7 +365,7 @@ static __always_inline void finish(long ret, __u8 dir, __u8 source)
 	SEC("tracepoint/syscalls/sys_enter_" #name)                       \
 	int enter_##name(struct trace_event_raw_sys_enter *ctx)           \
 	{                                                                 \
-		enter;                                                    \
+		enter(source);                                            \
 		return 0;                                                 \
 	}                                                                 \
 	SEC("tracepoint/syscalls/sys_exit_" #name)                        \
@@ -348,9 +375,9 @@ static __always_inline void finish(long ret, __u8 dir, __u8 source)
 		return 0;                                                 \
 	}
 
-#define BUF_ENTER remember(ARG(ctx, 0), ARG(ctx, 1), 0)
-#define IOV_ENTER remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2))
-#define MSG_ENTER remember_msg(ARG(ctx, 0), ARG(ctx, 1))
+#define BUF_ENTER(source) remember(ARG(ctx, 0), ARG(ctx, 1), 0, source)
+#define IOV_ENTER(source) remember(ARG(ctx, 0), ARG(ctx, 1), ARG(ctx, 2), source)
+#define MSG_ENTER(source) remember_msg(ARG(ctx, 0), ARG(ctx, 1), source)
 
 DATA_SYSCALL(read, DIR_INGRESS, SRC_READ, BUF_ENTER)
 DATA_SYSCALL(write, DIR_EGRESS, SRC_WRITE, BUF_ENTER)
@@ -368,24 +395,31 @@ DATA_SYSCALL(sendmsg, DIR_EGRESS, SRC_SENDMSG, MSG_ENTER)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int enter_connect(struct trace_event_raw_sys_enter *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if ((pid_tgid >> 32) == self_tgid)
+	// Filtered here already, so that a thread of a process outside the
+	// filters gets no task storage; track() checks the port filter, which
+	// needs the connected tuple.
+	if (!process_passes(bpf_get_current_pid_tgid() >> 32)) {
+		count(CNT_FILTERED, 1);
 		return 0;
-	struct inflight io = {.fd = ARG(ctx, 0)};
-	if (bpf_map_update_elem(&inflight, &pid_tgid, &io, BPF_ANY))
+	}
+	struct task_ctx *t = this_task_ctx(true);
+	if (!t) {
 		count(CNT_DROP_ARGS_FULL, 1);
+		return 0;
+	}
+	t->io.fd = ARG(ctx, 0);
+	t->io.source = SRC_CONNECT;
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")
 int exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct inflight *io = bpf_map_lookup_elem(&inflight, &pid_tgid);
-	if (!io)
+	struct task_ctx *t = this_task_ctx(false);
+	if (!t || t->io.source != SRC_CONNECT)
 		return 0;
-	int fd = io->fd;
-	bpf_map_delete_elem(&inflight, &pid_tgid);
+	int fd = t->io.fd;
+	t->io.source = 0;
 	// A non-blocking connect returns EINPROGRESS with the tuple already
 	// chosen (the local port is bound before the SYN is sent).
 	if (ctx->ret == 0 || ctx->ret == -EINPROGRESS)
@@ -413,6 +447,8 @@ SEC("tracepoint/syscalls/sys_enter_close")
 int enter_close(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!proc_maybe_tracked(pid_tgid >> 32))
+		return 0;
 	int fd = ARG(ctx, 0);
 	struct sock_key key = {.tgid = pid_tgid >> 32, .fd = fd};
 	struct sock_info *si = bpf_map_lookup_elem(&sockets, &key);
@@ -432,7 +468,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 		e->seq_ingress = si->seq_ingress;
 		e->inode = si->inode;
 		e->tuple = si->tuple;
-		bpf_ringbuf_submit(e, rb_flags());
+		bpf_ringbuf_submit(e, rb_flags_reserved(sizeof(*e)));
 	} else {
 		count(CNT_DROP_CONN_EVENT, 1);
 	}
@@ -477,6 +513,7 @@ static long inherit_fd(__u64 index, void *ctx)
 		return 0;
 	}
 	proc_sockets(w->child, 1);
+	proc_mark(w->child);
 	count(CNT_INHERITED, 1);
 	__u64 inode = 0;
 	announce(w->child, w->tid, (int)index, &copy, sock_of(f, &inode));
@@ -487,7 +524,7 @@ SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 {
 	__u32 ptgid = parent->tgid, ctgid = child->tgid;
-	if (ptgid == ctgid)
+	if (ptgid == ctgid || !proc_maybe_tracked(ptgid))
 		return 0; // a new thread shares its process's descriptors
 	__u32 *n = bpf_map_lookup_elem(&tracked_procs, &ptgid);
 	if (!n || *n == 0)

@@ -74,6 +74,46 @@ static __always_inline void proc_sockets(__u32 tgid, int delta)
 	}
 }
 
+// One bit per tgid: set when a process may hold a tracked socket. It is the
+// first test of every data syscall on the host, so that the processes that
+// hold none (nearly all of them) return before any hash lookup: an array
+// lookup is inlined by the verifier into a bounds check and an add, a hash
+// lookup is a helper call that hashes the key and walks a bucket. The bit
+// is never cleared by the kernel (a set bit only sends the syscall on to
+// the socket table, which decides); user space clears the bits of processes
+// that have exited. The array is mmapable so that user space can set and
+// clear bits with atomic operations on the words the kernel also updates.
+// Sized by the loader to cover kernel.pid_max; a tgid past its end (pid_max
+// raised later) finds no word and takes the socket-table path.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 65536); // words of 64 tgids; resized by the loader
+	__type(key, __u32);
+	__type(value, __u64);
+} proc_bits SEC(".maps");
+
+static __always_inline bool proc_maybe_tracked(__u32 tgid)
+{
+	__u32 w = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&proc_bits, &w);
+	if (!bits)
+		return true;
+	return (*bits >> (tgid & 63)) & 1;
+}
+
+static __always_inline void proc_mark(__u32 tgid)
+{
+	__u32 w = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&proc_bits, &w);
+	__u64 bit = 1ULL << (tgid & 63);
+	// Read first: the word is shared by 64 processes and read on every
+	// syscall, so it is written (an atomic, exclusive cache line) only when
+	// the bit is not set yet.
+	if (bits && !(*bits & bit))
+		__sync_fetch_and_or(bits, bit);
+}
+
 // Syscall arguments saved at enter for the exit tracepoint of the same
 // thread: the payload of a read only exists at exit, and a write is captured
 // at exit too so that only the bytes the kernel accepted are recorded.
@@ -82,8 +122,17 @@ struct inflight {
 	__s32 fd;
 	__u32 iovcnt; // 0 for a plain buffer
 	__u64 ts;     // when the bytes were handed over; 0: now
+	// The enum data_source (or SRC_CONNECT) of the syscall whose enter
+	// saved them; 0: nothing in flight. An exit takes them only if it is
+	// the same syscall, so arguments left behind by an enter whose exit
+	// never ran (the programs were attached in between, or the kernel
+	// skipped the exit program) are never taken for another syscall's.
+	__u32 source;
+	__u32 _pad;
 };
 
+// Source of an inflight saved by connect(2)'s enter.
+#define SRC_CONNECT 0xff
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT__MAX);
@@ -113,13 +162,36 @@ static __always_inline void count(__u32 idx, __u64 n)
 		*v += n; // per-CPU slot: no other writer
 }
 
-// Wake the reader only when enough bytes wait; it polls on a short timer
-// otherwise. Wakeups per record dominate the cost of capture.
-static __always_inline __u64 rb_flags(void)
+// Wake the reader only when the bytes waiting in the ring buffer cross
+// wakeup_bytes; it polls on a short timer otherwise. A wakeup is an
+// irq_work, raised with a self-IPI (on a VM an APIC write that exits to the
+// hypervisor), followed by a remote wakeup of the reader: microseconds, far
+// more than the record costs. Waking on the crossing alone, not on every
+// record while the level stays above the mark, keeps that to one per batch
+// even when the reader lags. No wakeup is lost: the reader drains the ring
+// before it sleeps, so each crossing after that finds it asleep. queued is
+// the bytes waiting before this record, size the record's. wakeup_bytes 0
+// wakes the reader for every record.
+static __always_inline __u64 rb_flags(__u64 queued, __u64 size)
 {
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes)
+	if (!wakeup_bytes || (queued < wakeup_bytes && queued + size >= wakeup_bytes))
 		return BPF_RB_FORCE_WAKEUP;
 	return BPF_RB_NO_WAKEUP;
+}
+
+// rb_flags_output is rb_flags for a record about to be copied in with
+// bpf_ringbuf_output.
+static __always_inline __u64 rb_flags_output(__u64 size)
+{
+	return rb_flags(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size);
+}
+
+// rb_flags_reserved is rb_flags for a record already reserved (and so
+// counted among the waiting bytes).
+static __always_inline __u64 rb_flags_reserved(__u64 size)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return rb_flags(avail > size ? avail - size : 0, size);
 }
 
 // ---------------------------------------------------------------------------
@@ -127,14 +199,18 @@ static __always_inline __u64 rb_flags(void)
 
 static __always_inline struct file *fd_file(int fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd < 0)
+	// The current task as a BTF pointer: its fields are read with direct,
+	// fault-safe loads that the JIT inlines, rather than with a helper call
+	// per field (bpf_probe_read_kernel). Only fdt->fd[fd], an element of a
+	// pointer array that BTF does not type, needs the helper.
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	if (!files || fd < 0)
 		return NULL;
-	unsigned int max = BPF_CORE_READ(fdt, max_fds);
-	if ((unsigned int)fd >= max)
+	struct fdtable *fdt = files->fdt;
+	if (!fdt || (unsigned int)fd >= fdt->max_fds)
 		return NULL;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file **fds = fdt->fd;
 	struct file *f = NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
@@ -207,6 +283,20 @@ struct {
 	__type(value, struct cap_state);
 } cap_states SEC(".maps");
 
+// emit submits the staged record e with n bytes of payload.
+static __always_inline void emit(struct data_event *e, __u32 n)
+{
+	e->cap_len = n;
+	__u64 size = offsetof(struct data_event, payload) + n;
+	if (bpf_ringbuf_output(&events, e, size, rb_flags_output(size))) {
+		count(CNT_DROP_RINGBUF, 1);
+		count(CNT_DROP_RINGBUF_BYTES, n);
+	} else {
+		count(CNT_RECORDS, 1);
+		count(CNT_BYTES, n);
+	}
+}
+
 static long capture_step(__u64 index, void *ctx)
 {
 	__u32 slot = *(__u32 *)ctx;
@@ -258,20 +348,12 @@ static long capture_step(__u64 index, void *ctx)
 
 	e->offset = s->pos;
 	e->seq = s->seq + s->pos;
-	e->cap_len = n;
 	s->pos += n;
 	s->seg_base += n;
 	s->seg_rem -= n;
 	if (s->pos >= s->total)
 		e->flags |= DATA_FLAG_LAST;
-
-	if (bpf_ringbuf_output(&events, e, offsetof(struct data_event, payload) + n, rb_flags())) {
-		count(CNT_DROP_RINGBUF, 1);
-		count(CNT_DROP_RINGBUF_BYTES, n);
-	} else {
-		count(CNT_RECORDS, 1);
-		count(CNT_BYTES, n);
-	}
+	emit(e, n);
 	return 0;
 }
 
@@ -282,11 +364,11 @@ static long capture_step(__u64 index, void *ctx)
 // capture emits the bytes a syscall (or a TLS call) moved as data records.
 // slot picks the per-CPU staging area (SLOT_SYSCALL or SLOT_UPROBE); flags
 // are added to every record (DATA_FLAG_TLS).
-static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u8 source, __u8 flags, __u32 slot)
+static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u8 source, __u8 flags, __u32 slot,
+				    __u64 pid_tgid)
 {
 	if (ret <= 0)
 		return;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	struct sock_info *si = lookup_socket(tgid, io->fd);
 	if (!si)
@@ -312,6 +394,22 @@ static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u
 	e->total_len = total;
 	e->tuple = si->tuple;
 
+	__u32 cap = capture_cap;
+	if (cap > MAX_CAPTURE_BYTES)
+		cap = MAX_CAPTURE_BYTES;
+	// The common case, one buffer that fits one record uncut: copied and
+	// submitted here, without the bpf_loop walk and its per-step map
+	// lookups.
+	if (!io->iovcnt && total <= DATA_CHUNK && total <= cap) {
+		if (bpf_probe_read_user(e->payload, total & (DATA_CHUNK * 2 - 1), (void *)io->ptr))
+			return;
+		e->offset = 0;
+		e->seq = seq;
+		e->flags |= DATA_FLAG_LAST;
+		emit(e, total);
+		return;
+	}
+
 	struct cap_state *s = bpf_map_lookup_elem(&cap_states, &slot);
 	if (!s)
 		return;
@@ -326,9 +424,6 @@ static __always_inline void capture(struct inflight *io, long ret, __u8 dir, __u
 	s->skip_at = total;
 	s->skip_to = total;
 	s->seq = seq;
-	__u32 cap = capture_cap;
-	if (cap > MAX_CAPTURE_BYTES)
-		cap = MAX_CAPTURE_BYTES;
 	if (total > cap) {
 		__u32 tail = capture_tail < cap ? capture_tail : cap;
 		s->skip_at = cap - tail;
@@ -354,12 +449,31 @@ struct tls_call {
 	__u8 _pad[6];
 };
 
+// What the capture keeps per thread, in task local storage: the syscall and
+// the TLS library call in flight on it. Task storage rather than a hash
+// keyed by pid_tgid: its lookup follows the task's own pointer to its
+// storage (no hashing, no bucket lock), an element is made once per thread
+// (not inserted and deleted on every syscall), and the kernel frees it when
+// the thread exits, so the state is bounded by the host's threads.
+struct task_ctx {
+	struct inflight io;  // syscall in flight: io.source != 0
+	struct tls_call tls; // TLS library call in flight: tls.ssl != 0
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); // pid_tgid
-	__type(value, struct tls_call);
-} tls_calls SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC); // required of local storage maps
+	__type(key, int);
+	__type(value, struct task_ctx);
+} task_ctxs SEC(".maps");
+
+// this_task_ctx returns the current thread's state, made on first use when
+// create is set; NULL when it has none (or it cannot be allocated).
+static __always_inline struct task_ctx *this_task_ctx(bool create)
+{
+	return bpf_task_storage_get(&task_ctxs, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
 
 struct ssl_key {
 	__u32 tgid;

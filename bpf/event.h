@@ -126,7 +126,7 @@ enum counter {
 	CNT_DROP_RINGBUF_BYTES = 3, // payload bytes of those records
 	CNT_DROP_CONN_EVENT = 4,  // open/close records lost: ring buffer full
 	CNT_DROP_SOCKTAB_FULL = 5, // sockets not tracked: socket table full
-	CNT_DROP_ARGS_FULL = 6,   // syscalls not captured: in-flight table full
+	CNT_DROP_ARGS_FULL = 6,   // syscalls or TLS calls not captured: no per-thread state (task storage) could be allocated
 	CNT_TRUNCATED = 7,        // syscalls larger than the capture cap
 	CNT_TRUNCATED_BYTES = 8,  // bytes not captured because of the cap
 	CNT_STALE_FD = 9,         // table entries whose fd no longer is that socket

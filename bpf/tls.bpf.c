@@ -19,27 +19,33 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 static __always_inline int tls_enter(void *ssl, const void *buf, void *len_ptr, __u8 dir, __u8 ex)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	// Only processes that hold tracked sockets (they passed the filters):
-	// one lookup for every other process that shares the library.
-	if (!bpf_map_lookup_elem(&tracked_procs, &tgid))
+	// Only processes that may hold tracked sockets (they passed the
+	// filters): one bit test for every other process that shares the
+	// library.
+	if (!proc_maybe_tracked(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	struct tls_call c = {.ssl = (__u64)ssl, .buf = (__u64)buf, .len_ptr = (__u64)len_ptr, .dir = dir, .ex = ex,
-			   .ts = bpf_ktime_get_ns()};
-	if (bpf_map_update_elem(&tls_calls, &pid_tgid, &c, BPF_ANY))
+	struct task_ctx *t = this_task_ctx(true);
+	if (!t) {
 		count(CNT_DROP_ARGS_FULL, 1);
+		return 0;
+	}
+	t->tls.buf = (__u64)buf;
+	t->tls.len_ptr = (__u64)len_ptr;
+	t->tls.dir = dir;
+	t->tls.ex = ex;
+	t->tls.ts = bpf_ktime_get_ns();
+	t->tls.ssl = (__u64)ssl; // last: it says a call is in flight
 	return 0;
 }
 
 static __always_inline int tls_exit(long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct tls_call *tc = bpf_map_lookup_elem(&tls_calls, &pid_tgid);
-	if (!tc)
+	struct task_ctx *t = this_task_ctx(false);
+	if (!t || !t->tls.ssl)
 		return 0;
-	struct tls_call c = *tc;
-	bpf_map_delete_elem(&tls_calls, &pid_tgid);
+	struct tls_call c = t->tls;
+	t->tls.ssl = 0;
 
 	long n = ret;
 	if (c.ex) {
@@ -76,7 +82,7 @@ static __always_inline int tls_exit(long ret)
 	// Stamped like the Go probes below: a write when it was called, a read
 	// when it returned.
 	struct inflight io = {.ptr = c.buf, .fd = *fd, .ts = c.dir == DIR_EGRESS ? c.ts : 0};
-	capture(&io, n, c.dir, c.dir == DIR_EGRESS ? SRC_SSL_WRITE : SRC_SSL_READ, DATA_FLAG_TLS, SLOT_UPROBE);
+	capture(&io, n, c.dir, c.dir == DIR_EGRESS ? SRC_SSL_WRITE : SRC_SSL_READ, DATA_FLAG_TLS, SLOT_UPROBE, pid_tgid);
 	s->busy = 0;
 	return 0;
 }
@@ -212,6 +218,7 @@ static __always_inline int go_conn_fd(struct go_tls_proc *p, __u64 conn)
 // go_tls_capture captures n bytes at buf on fd from a uprobe.
 static __always_inline void go_tls_capture(__u64 buf, int fd, long n, __u32 dir)
 {
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 slot = SLOT_UPROBE;
 	struct cap_state *s = bpf_map_lookup_elem(&cap_states, &slot);
 	if (!s)
@@ -221,7 +228,7 @@ static __always_inline void go_tls_capture(__u64 buf, int fd, long n, __u32 dir)
 		return;
 	}
 	struct inflight io = {.ptr = buf, .fd = fd};
-	capture(&io, n, dir, dir == DIR_EGRESS ? SRC_GO_TLS_WRITE : SRC_GO_TLS_READ, DATA_FLAG_TLS, SLOT_UPROBE);
+	capture(&io, n, dir, dir == DIR_EGRESS ? SRC_GO_TLS_WRITE : SRC_GO_TLS_READ, DATA_FLAG_TLS, SLOT_UPROBE, pid_tgid);
 	s->busy = 0;
 }
 

@@ -69,7 +69,7 @@ func heldFDs(t *testing.T) bpfFDs {
 
 // captureMapNames are the kernel names of the maps the receiver loads
 // (the kernel keeps 15 bytes of a name).
-var captureMapNames = []string{"sockets", "events", "inflight", "tracked_procs", "cap_states", "scratch", "counters",
+var captureMapNames = []string{"sockets", "events", "task_ctxs", "proc_bits", "tracked_procs", "cap_states", "scratch", "counters",
 	"filter_pids", "filter_ports", "filter_comms", "filter_cgroups"}
 
 // TestLifecycleStartStopRepeatedly starts and stops the receiver 50 times

@@ -49,6 +49,7 @@ type Capture struct {
 	logger *zap.Logger
 
 	objs     event.CaptureObjects
+	bits     *procBits // proc_bits, mapped
 	links    []link.Link
 	reader   *ringbuf.Reader
 	existing [][]byte // synthetic open records for sockets found at start
@@ -123,6 +124,9 @@ func Open(opts Options, logger *zap.Logger) (_ *Capture, err error) {
 	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
 		return nil, explainLoadError(err)
 	}
+	if c.bits, err = mapProcBits(c.objs.ProcBits); err != nil {
+		return nil, err
+	}
 	if err := c.fillFilters(); err != nil {
 		return nil, err
 	}
@@ -171,6 +175,7 @@ func configure(spec *ebpf.CollectionSpec, opts Options) error {
 	spec.Maps["events"].MaxEntries = opts.RingBufferBytes
 	spec.Maps["sockets"].MaxEntries = opts.MaxConnections
 	spec.Maps["tracked_procs"].MaxEntries = opts.MaxConnections
+	spec.Maps["proc_bits"].MaxEntries = procBitsWords()
 
 	var flags uint32
 	f := opts.Filter
@@ -390,9 +395,24 @@ func (c *Capture) Sweep() int {
 	for i := range stale {
 		_ = c.objs.Sockets.Delete(&stale[i])
 	}
+	dead := 0
 	for tgid, ok := range alive {
 		if !ok {
 			_ = c.objs.TrackedProcs.Delete(tgid)
+			c.bits.clear(tgid)
+			dead++
+		}
+	}
+	if dead > 0 {
+		// A new process may have been given a dead one's tgid and entered
+		// a socket between the walk above and the clearing: the kernel
+		// sets the bit after the table entry, so one more walk of the
+		// table finds every such entry and sets its bit again.
+		iter = c.objs.Sockets.Iterate()
+		for iter.Next(&key, &val) {
+			if !alive[key.Tgid] {
+				c.bits.mark(key.Tgid)
+			}
 		}
 	}
 	return len(stale)
@@ -416,7 +436,7 @@ func (c *Capture) Close() error {
 			errs = append(errs, l.Close())
 		}
 		c.links = nil
-		errs = append(errs, c.objs.Close())
+		errs = append(errs, c.bits.close(), c.objs.Close())
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr

@@ -118,8 +118,10 @@ func (c *Capture) seedExisting() (int, error) {
 			perProc[uint32(pid)]++
 		}
 	}
-	// Let the fork program know which processes hold tracked sockets.
+	// Let the programs know which processes hold tracked sockets: the
+	// data syscalls test the bit, the fork program the count.
 	for pid, n := range perProc {
+		c.bits.mark(pid)
 		var cur uint32
 		_ = c.objs.TrackedProcs.Lookup(pid, &cur)
 		if err := c.objs.TrackedProcs.Put(pid, cur+n); err != nil {

@@ -93,7 +93,7 @@ func (c *Capture) startTLS() error {
 	shared := map[string]*ebpf.Map{
 		"events": c.objs.Events, "sockets": c.objs.Sockets, "tracked_procs": c.objs.TrackedProcs,
 		"counters": c.objs.Counters, "scratch": c.objs.Scratch, "cap_states": c.objs.CapStates,
-		"tls_calls": c.objs.TlsCalls, "ssl_fds": c.objs.SslFds,
+		"task_ctxs": c.objs.TaskCtxs, "proc_bits": c.objs.ProcBits, "ssl_fds": c.objs.SslFds,
 	}
 	for name, m := range shared {
 		ms, ok := spec.Maps[name]

@@ -139,14 +139,6 @@ const (
 	CaptureEventTypeEVENT_CONN_CLOSE CaptureEventType = 3
 )
 
-type CaptureInflight struct {
-	_      structs.HostLayout
-	Ptr    uint64
-	Fd     int32
-	Iovcnt uint32
-	Ts     uint64
-}
-
 type CaptureSockInfo struct {
 	_          structs.HostLayout
 	ConnId     uint64
@@ -174,15 +166,27 @@ type CaptureSslKey struct {
 	Ssl  uint64
 }
 
-type CaptureTlsCall struct {
-	_      structs.HostLayout
-	Ssl    uint64
-	Buf    uint64
-	LenPtr uint64
-	Ts     uint64
-	Dir    uint8
-	Ex     uint8
-	Pad    [6]uint8
+type CaptureTaskCtx struct {
+	_  structs.HostLayout
+	Io struct {
+		_      structs.HostLayout
+		Ptr    uint64
+		Fd     int32
+		Iovcnt uint32
+		Ts     uint64
+		Source uint32
+		Pad    uint32
+	}
+	Tls struct {
+		_      structs.HostLayout
+		Ssl    uint64
+		Buf    uint64
+		LenPtr uint64
+		Ts     uint64
+		Dir    uint8
+		Ex     uint8
+		Pad    [6]uint8
+	}
 }
 
 // Names of all BPF objects in the ELF.
@@ -196,11 +200,11 @@ const (
 	CaptureMapFilterComms      = "filter_comms"
 	CaptureMapFilterPids       = "filter_pids"
 	CaptureMapFilterPorts      = "filter_ports"
-	CaptureMapInflight         = "inflight"
+	CaptureMapProcBits         = "proc_bits"
 	CaptureMapScratch          = "scratch"
 	CaptureMapSockets          = "sockets"
 	CaptureMapSslFds           = "ssl_fds"
-	CaptureMapTlsCalls         = "tls_calls"
+	CaptureMapTaskCtxs         = "task_ctxs"
 	CaptureMapTrackedProcs     = "tracked_procs"
 	CaptureProgEnterClose      = "enter_close"
 	CaptureProgEnterConnect    = "enter_connect"
@@ -318,11 +322,11 @@ type CaptureMapSpecs struct {
 	FilterComms   *ebpf.MapSpec `ebpf:"filter_comms"`
 	FilterPids    *ebpf.MapSpec `ebpf:"filter_pids"`
 	FilterPorts   *ebpf.MapSpec `ebpf:"filter_ports"`
-	Inflight      *ebpf.MapSpec `ebpf:"inflight"`
+	ProcBits      *ebpf.MapSpec `ebpf:"proc_bits"`
 	Scratch       *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets       *ebpf.MapSpec `ebpf:"sockets"`
 	SslFds        *ebpf.MapSpec `ebpf:"ssl_fds"`
-	TlsCalls      *ebpf.MapSpec `ebpf:"tls_calls"`
+	TaskCtxs      *ebpf.MapSpec `ebpf:"task_ctxs"`
 	TrackedProcs  *ebpf.MapSpec `ebpf:"tracked_procs"`
 }
 
@@ -374,11 +378,11 @@ type CaptureMaps struct {
 	FilterComms   *ebpf.Map `ebpf:"filter_comms"`
 	FilterPids    *ebpf.Map `ebpf:"filter_pids"`
 	FilterPorts   *ebpf.Map `ebpf:"filter_ports"`
-	Inflight      *ebpf.Map `ebpf:"inflight"`
+	ProcBits      *ebpf.Map `ebpf:"proc_bits"`
 	Scratch       *ebpf.Map `ebpf:"scratch"`
 	Sockets       *ebpf.Map `ebpf:"sockets"`
 	SslFds        *ebpf.Map `ebpf:"ssl_fds"`
-	TlsCalls      *ebpf.Map `ebpf:"tls_calls"`
+	TaskCtxs      *ebpf.Map `ebpf:"task_ctxs"`
 	TrackedProcs  *ebpf.Map `ebpf:"tracked_procs"`
 }
 
@@ -391,11 +395,11 @@ func (m *CaptureMaps) Close() error {
 		m.FilterComms,
 		m.FilterPids,
 		m.FilterPorts,
-		m.Inflight,
+		m.ProcBits,
 		m.Scratch,
 		m.Sockets,
 		m.SslFds,
-		m.TlsCalls,
+		m.TaskCtxs,
 		m.TrackedProcs,
 	)
 }

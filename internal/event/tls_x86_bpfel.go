@@ -115,15 +115,27 @@ type TlsSslKey struct {
 	Ssl  uint64
 }
 
-type TlsTlsCall struct {
-	_      structs.HostLayout
-	Ssl    uint64
-	Buf    uint64
-	LenPtr uint64
-	Ts     uint64
-	Dir    uint8
-	Ex     uint8
-	Pad    [6]uint8
+type TlsTaskCtx struct {
+	_  structs.HostLayout
+	Io struct {
+		_      structs.HostLayout
+		Ptr    uint64
+		Fd     int32
+		Iovcnt uint32
+		Ts     uint64
+		Source uint32
+		Pad    uint32
+	}
+	Tls struct {
+		_      structs.HostLayout
+		Ssl    uint64
+		Buf    uint64
+		LenPtr uint64
+		Ts     uint64
+		Dir    uint8
+		Ex     uint8
+		Pad    [6]uint8
+	}
 }
 
 // Names of all BPF objects in the ELF.
@@ -135,10 +147,11 @@ const (
 	TlsMapEvents         = "events"
 	TlsMapGoTlsCalls     = "go_tls_calls"
 	TlsMapGoTlsProcs     = "go_tls_procs"
+	TlsMapProcBits       = "proc_bits"
 	TlsMapScratch        = "scratch"
 	TlsMapSockets        = "sockets"
 	TlsMapSslFds         = "ssl_fds"
-	TlsMapTlsCalls       = "tls_calls"
+	TlsMapTaskCtxs       = "task_ctxs"
 	TlsMapTrackedProcs   = "tracked_procs"
 	TlsProgGoTlsRead     = "go_tls_read"
 	TlsProgGoTlsReadRet  = "go_tls_read_ret"
@@ -222,10 +235,11 @@ type TlsMapSpecs struct {
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	GoTlsCalls   *ebpf.MapSpec `ebpf:"go_tls_calls"`
 	GoTlsProcs   *ebpf.MapSpec `ebpf:"go_tls_procs"`
+	ProcBits     *ebpf.MapSpec `ebpf:"proc_bits"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	Sockets      *ebpf.MapSpec `ebpf:"sockets"`
 	SslFds       *ebpf.MapSpec `ebpf:"ssl_fds"`
-	TlsCalls     *ebpf.MapSpec `ebpf:"tls_calls"`
+	TaskCtxs     *ebpf.MapSpec `ebpf:"task_ctxs"`
 	TrackedProcs *ebpf.MapSpec `ebpf:"tracked_procs"`
 }
 
@@ -263,10 +277,11 @@ type TlsMaps struct {
 	Events       *ebpf.Map `ebpf:"events"`
 	GoTlsCalls   *ebpf.Map `ebpf:"go_tls_calls"`
 	GoTlsProcs   *ebpf.Map `ebpf:"go_tls_procs"`
+	ProcBits     *ebpf.Map `ebpf:"proc_bits"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	Sockets      *ebpf.Map `ebpf:"sockets"`
 	SslFds       *ebpf.Map `ebpf:"ssl_fds"`
-	TlsCalls     *ebpf.Map `ebpf:"tls_calls"`
+	TaskCtxs     *ebpf.Map `ebpf:"task_ctxs"`
 	TrackedProcs *ebpf.Map `ebpf:"tracked_procs"`
 }
 
@@ -277,10 +292,11 @@ func (m *TlsMaps) Close() error {
 		m.Events,
 		m.GoTlsCalls,
 		m.GoTlsProcs,
+		m.ProcBits,
 		m.Scratch,
 		m.Sockets,
 		m.SslFds,
-		m.TlsCalls,
+		m.TaskCtxs,
 		m.TrackedProcs,
 	)
 }
