@@ -7,8 +7,6 @@ import (
 	"bytes"
 	"strings"
 	"unicode/utf8"
-
-	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 func (p *Parser) openSub(ts uint64) {
@@ -47,8 +45,8 @@ func (p *Parser) frontend(typ byte, body []byte, partial bool, ts uint64) {
 		case partial:
 			// Oversized or truncated: name and SQL prefix from the kept
 			// bytes (pgproto3 decodes only whole messages).
-			if strs, rest, found := cstrings(body, 1); found {
-				e.name = string(strs[0])
+			if name, rest, found := cstring(body); found {
+				e.name = string(name)
 				e.text = textPrefix(rest)
 				e.truncated = bytes.IndexByte(rest, 0) < 0
 			} else {
@@ -85,40 +83,35 @@ func (p *Parser) frontend(typ byte, body []byte, partial bool, ts uint64) {
 
 	case 'B':
 		p.openSub(ts)
-		var portal, stmt string
-		ok := true
-		switch {
-		case partial:
-			if strs, _, found := cstrings(body, 2); found {
-				portal, stmt = string(strs[0]), string(strs[1])
-			} else {
-				ok = false
-			}
-		case p.mBind.Decode(body) != nil:
-			ok = false
-		default:
-			portal, stmt = p.mBind.DestinationPortal, p.mBind.PreparedStatement
+		// Bind is read by hand, not with pgproto3.Bind.Decode: of its
+		// fields only the two leading names (destination portal, prepared
+		// statement) are wanted, and Decode allocates the names, the
+		// parameter and format-code slices on every execution (a third of
+		// the pipeline's allocations under pgbench -M prepared). The
+		// parameter values that follow are never looked at, so none can
+		// reach a span.
+		portalB, rest, ok := cstring(body)
+		var stmtB []byte
+		if ok {
+			stmtB, _, ok = cstring(rest)
 		}
-		// Parameter values are never kept: drop the decoder's references
-		// into the message.
-		p.mBind = pgproto3.Bind{}
-		e := entry{kind: kBind, ts: ts, name: stmt}
 		if !ok {
 			p.stats.DecodeErrors.Add(1)
-			e.textUnknown = true
-		} else {
-			info, known := p.lookupStmt(stmt)
-			e.text, e.truncated, e.textUnknown = info.text, info.truncated, !known
-			pi := portalInfo{stmt: stmt, text: info.text, textUnknown: !known, truncated: info.truncated}
-			if p.discarding {
-				p.shadowPortals = shadowPut(p.shadowPortals, portal, pi, p.opts.MaxStatements)
-			} else {
-				if portal == "" {
-					// Bind replaces the unnamed portal.
-					p.unnamedPortal, p.unnamedPKnown = pi, true
-				} else if p.portals.put(portal, pi) {
-					p.stats.PortalsEvicted.Add(1)
-				}
+			p.push(entry{kind: kBind, ts: ts, textUnknown: true})
+			break
+		}
+		stmt, info, known := p.lookupStmtBytes(stmtB)
+		e := entry{kind: kBind, ts: ts, name: stmt, text: info.text, truncated: info.truncated, textUnknown: !known}
+		pi := portalInfo{stmt: stmt, text: info.text, textUnknown: !known, truncated: info.truncated}
+		switch {
+		case p.discarding:
+			p.shadowPortals = shadowPut(p.shadowPortals, string(portalB), pi, p.opts.MaxStatements)
+		case len(portalB) == 0:
+			// Bind replaces the unnamed portal.
+			p.unnamedPortal, p.unnamedPKnown = pi, true
+		default:
+			if p.portals.put(string(portalB), pi) {
+				p.stats.PortalsEvicted.Add(1)
 			}
 		}
 		p.push(e)
@@ -144,11 +137,14 @@ func (p *Parser) frontend(typ byte, body []byte, partial bool, ts uint64) {
 		}
 		p.subOpen = false
 		q := p.newQuery(start, true)
-		if partial || p.mExecute.Decode(body) != nil {
+		// Execute is the portal name and a 4-byte row limit; read by hand
+		// for the reason Bind is (pgproto3.Execute.Decode copies the name).
+		portalB, rest, ok := cstring(body)
+		if partial || !ok || len(rest) < 4 {
 			p.stats.DecodeErrors.Add(1)
 			q.TextUnknown = true
 		} else {
-			pi, known := p.lookupPortal(p.mExecute.Portal)
+			pi, known := p.lookupPortalBytes(portalB)
 			q.StatementName = pi.stmt
 			q.Text = pi.text
 			q.TextTruncated = pi.truncated
@@ -224,6 +220,34 @@ func (p *Parser) lookupStmt(name string) (stmtInfo, bool) {
 		return p.unnamedStmt, p.unnamedKnown
 	}
 	return p.stmts.get(name)
+}
+
+// lookupStmtBytes is lookupStmt for a name still in the message. The name
+// comes back as a string without allocating when the statement is known
+// (the table's own copy).
+func (p *Parser) lookupStmtBytes(name []byte) (string, stmtInfo, bool) {
+	if info, ok := p.shadowStmts[string(name)]; ok {
+		return string(name), info, true
+	}
+	if len(name) == 0 {
+		return "", p.unnamedStmt, p.unnamedKnown
+	}
+	if key, info, ok := p.stmts.getBytes(name); ok {
+		return key, info, true
+	}
+	return string(name), stmtInfo{}, false
+}
+
+// lookupPortalBytes is lookupPortal for a name still in the message.
+func (p *Parser) lookupPortalBytes(name []byte) (portalInfo, bool) {
+	if pi, ok := p.shadowPortals[string(name)]; ok {
+		return pi, true
+	}
+	if len(name) == 0 {
+		return p.unnamedPortal, p.unnamedPKnown
+	}
+	_, pi, ok := p.portals.getBytes(name)
+	return pi, ok
 }
 
 func (p *Parser) lookupPortal(name string) (portalInfo, bool) {

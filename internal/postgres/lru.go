@@ -35,6 +35,18 @@ func (l *lru[V]) get(key string) (V, bool) {
 	return l.nodes[i].val, true
 }
 
+// getBytes is get for a key held as bytes; it returns the stored key too,
+// so that the caller gets the name as a string without allocating.
+func (l *lru[V]) getBytes(key []byte) (string, V, bool) {
+	i, ok := l.m[string(key)] // indexing with string(key) does not allocate
+	if !ok {
+		var zero V
+		return "", zero, false
+	}
+	l.moveToFront(i)
+	return l.nodes[i].key, l.nodes[i].val, true
+}
+
 // has reports whether key is present without touching its recency.
 func (l *lru[V]) has(key string) bool {
 	_, ok := l.m[key]

@@ -154,17 +154,14 @@ func isTextPrefix(b []byte) bool {
 	return len(b) == 0
 }
 
-// cstrings splits b into n NUL-terminated strings and what follows them.
-func cstrings(b []byte, n int) (strs [][]byte, rest []byte, ok bool) {
-	for range n {
-		i := bytes.IndexByte(b, 0)
-		if i < 0 {
-			return nil, nil, false
-		}
-		strs = append(strs, b[:i])
-		b = b[i+1:]
+// cstring splits the NUL-terminated string at the start of b from the rest,
+// without allocating; ok is false when b holds no NUL.
+func cstring(b []byte) (s, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, nil, false
 	}
-	return strs, b, true
+	return b[:i], b[i+1:], true
 }
 
 // validBody is the strict plausibility check of a complete message body,
@@ -361,11 +358,11 @@ func prefixPlausible(s side, typ byte, prefix []byte) bool {
 	case s == sideFrontend && typ == 'Q':
 		return bytes.IndexByte(prefix, 0) < 0 && isTextPrefix(prefix)
 	case s == sideFrontend && typ == 'P':
-		strs, rest, ok := cstrings(prefix, 1)
+		name, rest, ok := cstring(prefix)
 		if !ok {
 			return isTextPrefix(prefix)
 		}
-		return isText(strs[0]) && bytes.IndexByte(rest, 0) < 0 && isTextPrefix(rest)
+		return isText(name) && bytes.IndexByte(rest, 0) < 0 && isTextPrefix(rest)
 	}
 	return false
 }

@@ -105,9 +105,7 @@ type Parser struct {
 	// Reused decode targets.
 	mQuery    pgproto3.Query
 	mParse    pgproto3.Parse
-	mBind     pgproto3.Bind
 	mDescribe pgproto3.Describe
-	mExecute  pgproto3.Execute
 	mClose    pgproto3.Close
 	mCC       pgproto3.CommandComplete
 	mRFQ      pgproto3.ReadyForQuery
