@@ -32,9 +32,6 @@
 // tail, capture_tail bytes of the tail.
 volatile const __u32 capture_cap = 16384;
 volatile const __u32 capture_tail = 4096;
-// Submit with BPF_RB_NO_WAKEUP until this many bytes wait in the ring buffer;
-// 0 wakes the reader for every record.
-volatile const __u64 wakeup_bytes = 65536;
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 24); // resized by the loader (limits.ring_buffer_bytes)
@@ -162,37 +159,14 @@ static __always_inline void count(__u32 idx, __u64 n)
 		*v += n; // per-CPU slot: no other writer
 }
 
-// Wake the reader only when the bytes waiting in the ring buffer cross
-// wakeup_bytes; it polls on a short timer otherwise. A wakeup is an
-// irq_work, raised with a self-IPI (on a VM an APIC write that exits to the
-// hypervisor), followed by a remote wakeup of the reader: microseconds, far
-// more than the record costs. Waking on the crossing alone, not on every
-// record while the level stays above the mark, keeps that to one per batch
-// even when the reader lags. No wakeup is lost: the reader drains the ring
-// before it sleeps, so each crossing after that finds it asleep. queued is
-// the bytes waiting before this record, size the record's. wakeup_bytes 0
-// wakes the reader for every record.
-static __always_inline __u64 rb_flags(__u64 queued, __u64 size)
-{
-	if (!wakeup_bytes || (queued < wakeup_bytes && queued + size >= wakeup_bytes))
-		return BPF_RB_FORCE_WAKEUP;
-	return BPF_RB_NO_WAKEUP;
-}
-
-// rb_flags_output is rb_flags for a record about to be copied in with
-// bpf_ringbuf_output.
-static __always_inline __u64 rb_flags_output(__u64 size)
-{
-	return rb_flags(bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA), size);
-}
-
-// rb_flags_reserved is rb_flags for a record already reserved (and so
-// counted among the waiting bytes).
-static __always_inline __u64 rb_flags_reserved(__u64 size)
-{
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return rb_flags(avail > size ? avail - size : 0, size);
-}
+// Records are submitted without waking the reader: it drains the ring
+// buffer on a timer (internal/capture Run). A wakeup is an irq_work raised
+// with a self-IPI (on a VM an APIC write that exits to the hypervisor) and
+// a remote wakeup of the reader, microseconds per record; and a reader
+// blocked in epoll_wait holds an OS thread in a syscall, which the Go
+// runtime answers by handing its P to another thread and polling harder
+// (sysmon): measured, both cost more than the capture itself.
+#define RB_FLAGS BPF_RB_NO_WAKEUP
 
 // ---------------------------------------------------------------------------
 // fd -> struct file -> struct sock
@@ -287,8 +261,7 @@ struct {
 static __always_inline void emit(struct data_event *e, __u32 n)
 {
 	e->cap_len = n;
-	__u64 size = offsetof(struct data_event, payload) + n;
-	if (bpf_ringbuf_output(&events, e, size, rb_flags_output(size))) {
+	if (bpf_ringbuf_output(&events, e, offsetof(struct data_event, payload) + n, RB_FLAGS)) {
 		count(CNT_DROP_RINGBUF, 1);
 		count(CNT_DROP_RINGBUF_BYTES, n);
 	} else {

@@ -122,8 +122,10 @@ type LimitsConfig struct {
 	// RingBufferBytes is the kernel-to-receiver ring buffer: a power of
 	// two, at least one page.
 	RingBufferBytes int `mapstructure:"ring_buffer_bytes"`
-	// RingBufferWakeupBytes: the kernel wakes the reader only when this many
-	// bytes wait; otherwise the reader polls every RingBufferPollInterval.
+	// RingBufferWakeupBytes: the reader drains the ring buffer every
+	// RingBufferPollInterval (the kernel never wakes it: a wakeup costs
+	// more than a record); a pass that found this many bytes or more is
+	// followed by another at once instead of a sleep.
 	RingBufferWakeupBytes  int           `mapstructure:"ring_buffer_wakeup_bytes"`
 	RingBufferPollInterval time.Duration `mapstructure:"ring_buffer_poll_interval"`
 	// IdleTimeout forgets a connection with no traffic for this long

@@ -31,7 +31,7 @@ func TestOverloadRingBufferOverflowAndRecovery(t *testing.T) {
 	traces := new(consumertest.TracesSink)
 	rig := robReceiver(t, g, traces, func(cfg *Config) {
 		cfg.Limits.RingBufferBytes = 16 << 10
-		cfg.Limits.RingBufferWakeupBytes = 16 << 10 // never woken early
+		cfg.Limits.RingBufferWakeupBytes = 16 << 10 // never drains again before the poll
 		cfg.Limits.RingBufferPollInterval = 50 * time.Millisecond
 	})
 	server, addr := robGRPCServerIn(t, g)

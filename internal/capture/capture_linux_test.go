@@ -120,7 +120,7 @@ func testOptions() Options {
 		MaxConnections:  4096,
 		CaptureBytes:    16384,
 		TailBytes:       4096,
-		WakeupBytes:     64 << 10,
+		DrainAgainBytes: 64 << 10,
 		PollInterval:    2 * time.Millisecond,
 		ScanExisting:    true,
 		IncludeSelf:     true,
@@ -440,8 +440,7 @@ func TestCaptureConnectionOpenedBeforeStart(t *testing.T) {
 func TestCaptureTinyRingBufferCountsDrops(t *testing.T) {
 	opts := testOptions()
 	opts.RingBufferBytes = 4096 // one page, the smallest ring buffer
-	opts.WakeupBytes = 1 << 30
-	h := start(t, opts, false) // nobody reads while the traffic runs
+	h := start(t, opts, false)  // nobody reads while the traffic runs
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()

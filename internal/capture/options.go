@@ -39,13 +39,14 @@ type Options struct {
 	// syscall is captured head and tail, TailBytes of it from the tail.
 	CaptureBytes uint32
 	TailBytes    uint32
-	// WakeupBytes: records are submitted without waking the reader until
-	// this many bytes wait. Zero wakes the reader for every record.
-	WakeupBytes uint64
-	// PollInterval is how often the reader looks at the ring buffer when
-	// it was not woken. Keep it at 1 ms or more: cilium/ebpf turns a
-	// shorter deadline into a zero epoll timeout, a busy loop.
+	// PollInterval is how long the reader sleeps after draining the ring
+	// buffer (it is never woken by the kernel).
 	PollInterval time.Duration
+	// DrainAgainBytes: a pass that read at least this many bytes is
+	// followed by another at once rather than by a sleep, so that a burst
+	// is read at the speed it arrives. Zero always drains again while
+	// records arrive (a busy reader under load).
+	DrainAgainBytes int
 	// ScanExisting seeds the socket table with the matching processes'
 	// sockets that are already open.
 	ScanExisting bool

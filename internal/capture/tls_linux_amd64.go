@@ -105,7 +105,6 @@ func (c *Capture) startTLS() error {
 	vars := map[string]any{
 		"capture_cap":  c.opts.CaptureBytes,
 		"capture_tail": c.opts.TailBytes,
-		"wakeup_bytes": c.opts.WakeupBytes,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {

@@ -242,7 +242,6 @@ const (
 	CaptureVarUnusedDataSource = "unused_data_source"
 	CaptureVarUnusedDirection  = "unused_direction"
 	CaptureVarUnusedEventType  = "unused_event_type"
-	CaptureVarWakeupBytes      = "wakeup_bytes"
 )
 
 // LoadCapture returns the embedded CollectionSpec for Capture.
@@ -348,7 +347,6 @@ type CaptureVariableSpecs struct {
 	UnusedDataSource *ebpf.VariableSpec `ebpf:"unused_data_source"`
 	UnusedDirection  *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
-	WakeupBytes      *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // CaptureObjects contains all objects after they have been loaded into the kernel.
@@ -422,7 +420,6 @@ type CaptureVariables struct {
 	UnusedDataSource *ebpf.Variable `ebpf:"unused_data_source"`
 	UnusedDirection  *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
-	WakeupBytes      *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // CapturePrograms contains all programs after they have been loaded into the kernel.

@@ -167,7 +167,6 @@ const (
 	TlsProgSslWriteRet   = "ssl_write_ret"
 	TlsVarCaptureCap     = "capture_cap"
 	TlsVarCaptureTail    = "capture_tail"
-	TlsVarWakeupBytes    = "wakeup_bytes"
 )
 
 // LoadTls returns the embedded CollectionSpec for Tls.
@@ -249,7 +248,6 @@ type TlsMapSpecs struct {
 type TlsVariableSpecs struct {
 	CaptureCap  *ebpf.VariableSpec `ebpf:"capture_cap"`
 	CaptureTail *ebpf.VariableSpec `ebpf:"capture_tail"`
-	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // TlsObjects contains all objects after they have been loaded into the kernel.
@@ -307,7 +305,6 @@ func (m *TlsMaps) Close() error {
 type TlsVariables struct {
 	CaptureCap  *ebpf.Variable `ebpf:"capture_cap"`
 	CaptureTail *ebpf.Variable `ebpf:"capture_tail"`
-	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // TlsPrograms contains all programs after they have been loaded into the kernel.
