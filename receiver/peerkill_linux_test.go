@@ -177,10 +177,12 @@ func checkKilled(t *testing.T, sp ptrace.Span, code string) {
 	assert.Equal(t, "true", robAttr(sp, "ebpf.capture.incomplete"), "the answer never came")
 	assert.Less(t, sp.StartTimestamp(), sp.EndTimestamp())
 	if code == "" {
-		// Nothing was answered: no error is known, the span only says it is
-		// incomplete.
-		assert.Equal(t, ptrace.StatusCodeUnset, sp.Status().Code())
-		assert.Empty(t, robAttr(sp, "error.type"))
+		// Nothing was answered before the request idle timeout: an error
+		// without a code.
+		assert.Equal(t, ptrace.StatusCodeError, sp.Status().Code())
+		assert.Equal(t, "_OTHER", robAttr(sp, "error.type"))
+		assert.Equal(t, "no response: request idle timeout", sp.Status().Message())
+		assert.Empty(t, robAttr(sp, "db.response.status_code"))
 		return
 	}
 	assert.Equal(t, ptrace.StatusCodeError, sp.Status().Code())

@@ -216,10 +216,19 @@ func (p *Parser) Expire(now, idle uint64) {
 		if e.q != nil {
 			e.q.Incomplete = true
 			e.q.End = max(now, e.q.Start)
+			e.q.markUnanswered(UnansweredExpired)
 			p.emit(e.q)
 		}
 	}
 	p.flushLocal()
+}
+
+// markUnanswered records why a query ended when no response to it was
+// seen: no rows, no command tag, no error.
+func (q *Query) markUnanswered(why Unanswered) {
+	if q.CommandTag == "" && q.Error == nil && q.RowsReturned == 0 && !q.PortalSuspended {
+		q.Unanswered = why
+	}
 }
 
 // Close implements stream.Parser: pending queries are emitted as incomplete.
@@ -245,6 +254,7 @@ func (p *Parser) Close(ts uint64) {
 		if e.q != nil {
 			e.q.Incomplete = true
 			e.q.End = max(ts, e.q.Start)
+			e.q.markUnanswered(UnansweredClosed)
 			p.emit(e.q)
 		}
 	}

@@ -79,9 +79,39 @@ type Query struct {
 	// connection closed, bytes were lost, or a later response showed the
 	// earlier one went missing.
 	Incomplete bool
+	// Unanswered says why a query that got no response message at all
+	// ended: its connection closed first, or it waited longer than the
+	// request idle timeout (its peer was killed, or is still working).
+	// NotUnanswered for every query that saw a response, and for one whose
+	// response went missing in lost bytes (that is the capture's failure,
+	// not the query's).
+	Unanswered Unanswered
 	// Skipped marks an extended-protocol request that the server never ran:
 	// after an ErrorResponse the backend discards messages until Sync.
 	Skipped bool
+}
+
+// Unanswered is Query.Unanswered.
+type Unanswered uint8
+
+const (
+	// NotUnanswered: a response was seen (or the query is not finished).
+	NotUnanswered Unanswered = iota
+	// UnansweredClosed: the connection closed before any response.
+	UnansweredClosed
+	// UnansweredExpired: no response within the request idle timeout.
+	UnansweredExpired
+)
+
+// String names the reason as spans report it.
+func (u Unanswered) String() string {
+	switch u {
+	case UnansweredClosed:
+		return "connection closed"
+	case UnansweredExpired:
+		return "request idle timeout"
+	}
+	return ""
 }
 
 // Error is the part of an ErrorResponse that is kept.

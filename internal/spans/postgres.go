@@ -92,6 +92,13 @@ func (b *Builder) Query(p procmeta.Info, conn *stream.ConnInfo, q *postgres.Quer
 		attrs.PutStr("error.type", "_OTHER")
 		span.Status().SetCode(ptrace.StatusCodeError)
 		span.Status().SetMessage("not executed: an earlier message of the pipeline failed")
+	case q.Unanswered != postgres.NotUnanswered:
+		// No response at all: the request failed as far as anyone can
+		// tell (a killed peer, a connection that broke), which gRPC spans
+		// report alike; error.type has no better value than _OTHER.
+		attrs.PutStr("error.type", "_OTHER")
+		span.Status().SetCode(ptrace.StatusCodeError)
+		span.Status().SetMessage("no response: " + q.Unanswered.String())
 	}
 	span.SetName(dbSpanName(sum.Summary, operation, sum.Collection, q.Database))
 }

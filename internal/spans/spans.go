@@ -248,7 +248,9 @@ func (b *Builder) setKindAndIDs(span ptrace.Span, proto string, conn *stream.Con
 	if server {
 		span.SetKind(ptrace.SpanKindServer)
 		span.SetSpanID(serverID)
-		if link.PeerObserved && conn.Nonce != 0 {
+		// ids are random for a connection joined mid-stream: the client's
+		// id is then nobody's, so no parent is named.
+		if link.PeerObserved && conn.Nonce != 0 && !conn.Preexisting {
 			span.SetParentSpanID(clientID)
 		}
 		return

@@ -163,6 +163,49 @@ func TestRandomIDsWithoutNonce(t *testing.T) {
 	require.False(t, ss.At(0).TraceID().IsEmpty())
 }
 
+// A query that got no response at all ends as an error (its peer was
+// killed, or its connection broke); one cut short by lost bytes does not.
+func TestUnansweredQueryIsAnError(t *testing.T) {
+	for _, tt := range []struct {
+		why     postgres.Unanswered
+		code    ptrace.StatusCode
+		errType string
+		message string
+	}{
+		{postgres.UnansweredExpired, ptrace.StatusCodeError, "_OTHER", "no response: request idle timeout"},
+		{postgres.UnansweredClosed, ptrace.StatusCodeError, "_OTHER", "no response: connection closed"},
+		{postgres.NotUnanswered, ptrace.StatusCodeUnset, "", ""},
+	} {
+		b := NewBuilder(Options{})
+		q := &postgres.Query{Start: 1, End: 2, Text: "SELECT pg_sleep(60)", Incomplete: true, Unanswered: tt.why}
+		b.Query(clientProc, &clientConn, q, false, Link{}, PostgresOptions{})
+		span := b.Take().ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0)
+		require.Equal(t, tt.code, span.Status().Code(), tt.why.String())
+		require.Equal(t, tt.message, span.Status().Message())
+		et, _ := span.Attributes().Get("error.type")
+		require.Equal(t, tt.errType, et.Str())
+		inc, _ := span.Attributes().Get("ebpf.capture.incomplete")
+		require.True(t, inc.Bool())
+	}
+}
+
+// A connection joined mid-stream gets random ids even when its nonce is
+// known, so a server span on it names no parent: the client's id would be
+// nobody's.
+func TestNoParentOnAConnectionJoinedMidStream(t *testing.T) {
+	b := NewBuilder(Options{})
+	conn := serverConn
+	conn.Preexisting = true
+	q := &postgres.Query{Start: 1, End: 2, Text: "SELECT 1"}
+	b.Query(serverProc, &conn, q, true, Link{Ordinal: 1, PeerObserved: true}, PostgresOptions{})
+	span := b.Take().ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0)
+	require.True(t, span.ParentSpanID().IsEmpty())
+
+	b.Query(serverProc, &serverConn, q, true, Link{Ordinal: 1, PeerObserved: true}, PostgresOptions{})
+	span = b.Take().ResourceSpans().At(0).ScopeSpans().At(0).Spans().At(0)
+	require.False(t, span.ParentSpanID().IsEmpty(), "from its start, the connection's ends share ids")
+}
+
 func TestErrorMessagesLoseQuotedValues(t *testing.T) {
 	q := &postgres.Query{Start: 1, End: 2, Text: "SELECT $1::int", Error: &postgres.Error{Code: "22P02", Message: `invalid input syntax for type integer: "hunter2"`}}
 	for _, tt := range []struct {
