@@ -15,12 +15,8 @@ OUT_DIR := $(ROOT)/bin
 GO     ?= go
 # Long builds share the machine: run them niced.
 NICE   ?= nice -n 10
-CLANG  ?= clang-19
-STRIP  ?= llvm-strip-19
 
-# bpf2go reads these when a //go:generate line has no -cc / -strip flag.
-export BPF2GO_CC    := $(CLANG)
-export BPF2GO_STRIP := $(STRIP)
+# The BPF compiler is pinned in internal/event/gen.go and internal/mappressure/gen.go (-cc clang-19 -strip llvm-strip-19): check-generated must give identical bytes.
 # `//go:generate mdatagen metadata.yaml` finds .bin/mdatagen.
 export PATH := $(BIN_DIR):$(PATH)
 
