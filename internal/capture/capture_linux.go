@@ -250,6 +250,29 @@ func (c *Capture) fillFilters() error {
 		if err != nil {
 			return fmt.Errorf("filter.cgroups: open %s (a cgroup v2 directory, e.g. under /sys/fs/cgroup): %w", path, err)
 		}
+		// A cgroup array takes only the fd of a cgroup v2 directory: for a
+		// plain directory, a cgroup v1 one or a file, cgroup_get_from_fd
+		// fails and the update says only EBADF. On a hybrid host the v1
+		// controllers sit under /sys/fs/cgroup (a tmpfs) and v2 elsewhere,
+		// so name where v2 is.
+		var fs unix.Statfs_t
+		var st unix.Stat_t
+		if err := unix.Fstatfs(int(fd.Fd()), &fs); err != nil {
+			fd.Close()
+			return fmt.Errorf("filter.cgroups: statfs %s: %w", path, err)
+		}
+		if err := unix.Fstat(int(fd.Fd()), &st); err != nil {
+			fd.Close()
+			return fmt.Errorf("filter.cgroups: stat %s: %w", path, err)
+		}
+		if fs.Type != unix.CGROUP2_SUPER_MAGIC || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			fd.Close()
+			where := "no cgroup v2 hierarchy is mounted on this host"
+			if root, err := cgroupv2.Root(); err == nil {
+				where = "cgroup v2 is mounted at " + root + " on this host"
+			}
+			return fmt.Errorf("filter.cgroups: %s is not a cgroup v2 directory (%s)", path, where)
+		}
 		err = c.objs.FilterCgroups.Put(uint32(i), uint32(fd.Fd()))
 		fd.Close() // the array keeps its own reference to the cgroup
 		if err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/cgroupv2"
 	"github.com/ebpfotel/ebpfreceiver/internal/event"
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/cgroup"
@@ -600,4 +601,34 @@ func TestCaptureFilterByCgroup(t *testing.T) {
 	})
 	require.Nil(t, h.rec.find(func(r *recorded) bool { return r.info.PID == uint32(os.Getpid()) }),
 		"the test process is outside the cgroup: its accepted socket is not captured")
+}
+
+// A cgroup array accepts only the fd of a cgroup v2 directory; anything
+// else fails the update with a bare EBADF. Open names the path and where
+// cgroup v2 is mounted instead (on a hybrid host /sys/fs/cgroup is a tmpfs
+// holding the v1 controllers, and v2 is at /sys/fs/cgroup/unified).
+func TestCaptureFilterCgroupNotCgroupV2(t *testing.T) {
+	privileged.Require(t)
+	where := "no cgroup v2 hierarchy is mounted on this host"
+	if root, err := cgroupv2.Root(); err == nil {
+		where = "cgroup v2 is mounted at " + root + " on this host"
+	}
+	g := cgroup.New(t)
+	for _, tt := range []struct{ name, path string }{
+		// Not on cgroup2 at all: what a path under the v1 tmpfs gives.
+		{"plain directory", t.TempDir()},
+		// On cgroup2, but a file: cgroup_get_from_fd wants a directory.
+		{"cgroup v2 file", filepath.Join(g.Path, "cgroup.procs")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fdsBefore := openFDs(t)
+			opts := testOptions()
+			opts.Filter = Filter{Cgroups: []string{tt.path}}
+			c, err := Open(opts, nil)
+			require.Nil(t, c)
+			require.EqualError(t, err, fmt.Sprintf("filter.cgroups: %s is not a cgroup v2 directory (%s)", tt.path, where))
+			require.Empty(t, privileged.ProgramsHeldBySelf(t), "a failed Open unloads what it loaded")
+			require.Equal(t, fdsBefore, openFDs(t), "no file descriptor leaks")
+		})
+	}
 }
