@@ -61,6 +61,15 @@ type PostgresConfig struct {
 	// SpanKinds lists which ends emit spans: "client" (from the process
 	// that sent the query), "server" (from the PostgreSQL backend).
 	SpanKinds []string `mapstructure:"span_kinds"`
+	// MaxPreparedStatements bounds the named prepared statements (and,
+	// separately, the named portals) remembered per connection; the least
+	// recently used is forgotten first, and a later execution of it gets
+	// a span without its text.
+	MaxPreparedStatements int `mapstructure:"max_prepared_statements"`
+	// MaxPendingRequests bounds the requests per connection that wait for
+	// their responses (a pipeline); those beyond it are reported without
+	// their outcome.
+	MaxPendingRequests int `mapstructure:"max_pending_requests"`
 }
 
 // GRPCConfig configures gRPC spans.
@@ -71,6 +80,9 @@ type GRPCConfig struct {
 	LegacyAttributes bool `mapstructure:"legacy_attributes"`
 	// SpanKinds lists which ends emit spans: "client", "server".
 	SpanKinds []string `mapstructure:"span_kinds"`
+	// MaxOpenStreams bounds the HTTP/2 streams (calls in progress) tracked
+	// per connection; a call beyond it gets no span and is counted.
+	MaxOpenStreams int `mapstructure:"max_open_streams"`
 }
 
 // TLSConfig configures TLS plaintext capture.
@@ -146,6 +158,9 @@ const (
 	maxConnectionsCap = 1 << 22
 	maxFilterEntries  = 1024 // filter_pids / filter_ports map sizes
 	maxExecutables    = 256  // filter_comms map size
+	// maxPerConnection bounds the per-connection parser tables: at the
+	// cap, a few thousand connections could hold gigabytes.
+	maxPerConnection = 65536
 )
 
 // Validate checks the configuration; every error names the field.
@@ -202,7 +217,7 @@ func (cfg *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("limits.ring_buffer_wakeup_bytes: %d must be from 0 to limits.ring_buffer_bytes (%d)", l.RingBufferWakeupBytes, l.RingBufferBytes))
 	}
 	if l.RingBufferPollInterval < time.Millisecond || l.RingBufferPollInterval > time.Second {
-		// cilium/ebpf turns a deadline under 1 ms into a zero epoll timeout.
+		// Shorter sleeps make the reader a busy loop on an idle host.
 		errs = append(errs, fmt.Errorf("limits.ring_buffer_poll_interval: %s must be from 1ms to 1s", l.RingBufferPollInterval))
 	}
 	if l.IdleTimeout < time.Second {
@@ -215,6 +230,18 @@ func (cfg *Config) Validate() error {
 	case "obfuscated", "raw", "off":
 	default:
 		errs = append(errs, fmt.Errorf("postgres.query_text: %q must be obfuscated, raw or off", cfg.Postgres.QueryText))
+	}
+	for _, b := range []struct {
+		field string
+		v     int
+	}{
+		{"postgres.max_prepared_statements", cfg.Postgres.MaxPreparedStatements},
+		{"postgres.max_pending_requests", cfg.Postgres.MaxPendingRequests},
+		{"grpc.max_open_streams", cfg.GRPC.MaxOpenStreams},
+	} {
+		if b.v < 1 || b.v > maxPerConnection {
+			errs = append(errs, fmt.Errorf("%s: %d is outside 1-%d", b.field, b.v, maxPerConnection))
+		}
 	}
 	errs = append(errs, validateKinds("postgres.span_kinds", cfg.Postgres.Enabled, cfg.Postgres.SpanKinds)...)
 	errs = append(errs, validateKinds("grpc.span_kinds", cfg.GRPC.Enabled, cfg.GRPC.SpanKinds)...)

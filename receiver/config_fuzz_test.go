@@ -69,7 +69,9 @@ func FuzzConfigValidate(f *testing.F) {
 var fuzzConfigKeys = []string{
 	"filter::ports", "filter::pids", "filter::cgroups", "filter::executables",
 	"postgres::enabled", "postgres::query_text", "postgres::span_kinds",
-	"grpc::enabled", "grpc::legacy_attributes", "grpc::span_kinds",
+	"postgres::max_prepared_statements", "postgres::max_pending_requests",
+	"grpc::enabled", "grpc::legacy_attributes", "grpc::span_kinds", "grpc::max_open_streams",
+	"tls::openssl", "tls::go", "tls::libraries",
 	"resource::command_line",
 	"map_pressure::enabled", "map_pressure::collection_interval", "map_pressure::warning_threshold",
 	"map_pressure::critical_threshold", "map_pressure::userspace_count_max_entries",

@@ -40,6 +40,9 @@ func TestLoadConfig(t *testing.T) {
 	}
 	custom.Postgres.QueryText = "raw"
 	custom.Postgres.SpanKinds = []string{"server"}
+	custom.Postgres.MaxPreparedStatements = 64
+	custom.Postgres.MaxPendingRequests = 128
+	custom.GRPC.MaxOpenStreams = 200
 	custom.GRPC.LegacyAttributes = true
 	custom.Resource.CommandLine = true
 	custom.SelfMetricsInterval = 15 * time.Second
@@ -96,6 +99,9 @@ func TestValidate(t *testing.T) {
 		{"ring not power of two", func(c *Config) { c.Limits.RingBufferBytes = 5000 }, "limits.ring_buffer_bytes"},
 		{"ring too small", func(c *Config) { c.Limits.RingBufferBytes = 2048 }, "limits.ring_buffer_bytes"},
 		{"wakeup over ring", func(c *Config) { c.Limits.RingBufferWakeupBytes = c.Limits.RingBufferBytes * 2 }, "limits.ring_buffer_wakeup_bytes"},
+		{"no prepared statements", func(c *Config) { c.Postgres.MaxPreparedStatements = 0 }, "postgres.max_prepared_statements"},
+		{"huge pending table", func(c *Config) { c.Postgres.MaxPendingRequests = 1 << 20 }, "postgres.max_pending_requests"},
+		{"negative streams", func(c *Config) { c.GRPC.MaxOpenStreams = -1 }, "grpc.max_open_streams"},
 		{"poll under a millisecond", func(c *Config) { c.Limits.RingBufferPollInterval = 100 * time.Microsecond }, "limits.ring_buffer_poll_interval"},
 		{"idle too short", func(c *Config) { c.Limits.IdleTimeout = time.Millisecond }, "limits.idle_timeout"},
 		{"map interval too short", func(c *Config) { c.MapPressure.CollectionInterval = time.Millisecond }, "map_pressure.collection_interval"},

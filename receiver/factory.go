@@ -8,6 +8,8 @@ import (
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/receiver"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/grpc"
+	"github.com/ebpfotel/ebpfreceiver/internal/postgres"
 	"github.com/ebpfotel/ebpfreceiver/receiver/internal/metadata"
 )
 
@@ -23,8 +25,11 @@ func NewFactory() receiver.Factory {
 
 func createDefaultConfig() component.Config {
 	return &Config{
-		Postgres: PostgresConfig{Enabled: true, QueryText: "obfuscated", SpanKinds: []string{"client", "server"}},
-		GRPC:     GRPCConfig{Enabled: true, SpanKinds: []string{"client", "server"}},
+		Postgres: PostgresConfig{
+			Enabled: true, QueryText: "obfuscated", SpanKinds: []string{"client", "server"},
+			MaxPreparedStatements: postgres.DefaultMaxStatements, MaxPendingRequests: postgres.DefaultMaxPending,
+		},
+		GRPC:     GRPCConfig{Enabled: true, SpanKinds: []string{"client", "server"}, MaxOpenStreams: grpc.DefaultMaxStreams},
 		Resource: ResourceConfig{CommandLine: false},
 		TLS:      TLSConfig{OpenSSL: true, Go: true},
 		MapPressure: MapPressureConfig{
@@ -38,7 +43,7 @@ func createDefaultConfig() component.Config {
 			MaxConnections:         65536,
 			CaptureBytes:           65536,
 			CaptureTailBytes:       4096,
-			RingBufferBytes:        8 << 20,
+			RingBufferBytes:        4 << 20,
 			RingBufferWakeupBytes:  256 << 10,
 			RingBufferPollInterval: 10 * time.Millisecond,
 			IdleTimeout:            10 * time.Minute,

@@ -88,10 +88,12 @@ func newTracer(cfg *Config, logger *zap.Logger, next consumer.Traces, obs *recei
 	mode, _ := sqlsan.ParseMode(cfg.Postgres.QueryText) // Validate accepted it
 	t.pgOpts = spans.PostgresOptions{QueryText: mode}
 	if cfg.Postgres.Enabled {
-		t.pg = postgres.NewDetector(t.onQuery, postgres.Options{})
+		t.pg = postgres.NewDetector(t.onQuery, postgres.Options{
+			MaxStatements: cfg.Postgres.MaxPreparedStatements, MaxPending: cfg.Postgres.MaxPendingRequests,
+		})
 	}
 	if cfg.GRPC.Enabled {
-		t.rpc = grpc.NewDetector(grpc.Options{}, t.onCall)
+		t.rpc = grpc.NewDetector(grpc.Options{MaxStreams: cfg.GRPC.MaxOpenStreams}, t.onCall)
 	}
 	t.syncClock()
 	return t

@@ -36,7 +36,8 @@ type Options struct {
 }
 
 const (
-	defaultMaxStreams        = 1024
+	// DefaultMaxStreams is Options.MaxStreams when left at zero.
+	DefaultMaxStreams        = 1024
 	defaultStreamIdle        = uint64(10 * time.Minute)
 	defaultMaxFrameBuffer    = 64 << 10
 	defaultMaxTableSize      = 64 << 10
@@ -47,7 +48,7 @@ const (
 
 func (o Options) withDefaults() Options {
 	if o.MaxStreams <= 0 {
-		o.MaxStreams = defaultMaxStreams
+		o.MaxStreams = DefaultMaxStreams
 	}
 	if o.StreamIdle == 0 {
 		o.StreamIdle = defaultStreamIdle
