@@ -2,8 +2,11 @@ package grpc
 
 import (
 	"bytes"
+	"encoding/binary"
 	"runtime"
 	"testing"
+
+	"golang.org/x/net/http2"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/capfile"
@@ -68,4 +71,111 @@ func BenchmarkResyncAdversarial(b *testing.B) {
 		p.Close(0)
 	}
 	b.ReportMetric(float64(det.Stats().Get(CounterResyncs))/float64(b.N), "resyncs/op")
+}
+
+// steadyCall is one complete call of a recording, split out so that it can
+// be replayed as new calls on the same connection.
+type steadyCall struct {
+	setup []capfile.Record // every record before the call's first
+	recs  []capfile.Record // the call's request and response records
+	// idAt lists, per call record, the offsets of the frame headers that
+	// carry the call's stream id.
+	idAt [][]int
+}
+
+// splitCall finds the records of stream id, from its first frame to the
+// response's END_STREAM (recs as the client recorded them). Each record
+// must hold whole frames (grpc-go writes whole frames), so that frame
+// headers sit at known offsets, and no other stream may be interleaved.
+func splitCall(tb testing.TB, recs []capfile.Record, id uint32) steadyCall {
+	tb.Helper()
+	first, last := -1, -1
+	offs := make([][]int, len(recs))
+	for i, r := range recs {
+		b := r.Data
+		off := 0
+		if i == 0 && bytes.HasPrefix(b, clientPreface) {
+			off = len(clientPreface) // RFC 9113 section 3.4
+		}
+		for off < len(b) {
+			if len(b)-off < frameHeaderLen {
+				tb.Fatalf("record %d: frame header cut at %d", i, off)
+			}
+			// RFC 9113 section 4.1: length 24, type 8, flags 8, R + stream id 31.
+			h := b[off : off+frameHeaderLen]
+			n := int(h[0])<<16 | int(h[1])<<8 | int(h[2])
+			if off+frameHeaderLen+n > len(b) {
+				tb.Fatalf("record %d: frame at %d continues in the next record", i, off)
+			}
+			typ, flags := http2.FrameType(h[3]), http2.Flags(h[4])
+			switch sid := binary.BigEndian.Uint32(h[5:9]) & (1<<31 - 1); {
+			case sid == id:
+				if first < 0 {
+					first = i
+				}
+				offs[i] = append(offs[i], off)
+				// END_STREAM is bit 0 of DATA and HEADERS (sections 6.1, 6.2).
+				if r.Dir == stream.Ingress && flags.Has(http2.FlagDataEndStream) && (typ == http2.FrameData || typ == http2.FrameHeaders) {
+					last = i
+				}
+			case sid != 0 && first >= 0 && last < 0:
+				tb.Fatalf("record %d: stream %d interleaved with stream %d", i, sid, id)
+			}
+			off += frameHeaderLen + n
+		}
+	}
+	if first < 0 || last < 0 {
+		tb.Fatalf("stream %d: no complete call", id)
+	}
+	return steadyCall{setup: recs[:first], recs: recs[first : last+1], idAt: offs[first : last+1]}
+}
+
+// BenchmarkParserSteady is the server end of one long-lived connection
+// carrying unary calls: the parser alone, for profiling. The last call of
+// unary_ok.bin is replayed as new calls, its stream id rewritten in every
+// frame header (client stream ids are odd and increase, RFC 9113 section
+// 5.1.1); its header blocks reference, and re-insert, what they did the
+// first time, so the HPACK state stays valid. Every pass must report
+// exactly that call again.
+func BenchmarkParserSteady(b *testing.B) {
+	wants := fixtureWants["unary_ok"]
+	w := wants[len(wants)-1]
+	call := splitCall(b, loadFixture(b, "unary_ok"), w.id)
+	setup, recs := serverView(call.setup), serverView(call.recs)
+	var got, bad int
+	det := NewDetector(Options{}, func(_ *stream.ConnInfo, c *Call) {
+		got++
+		if c.Method != w.method || c.GRPCStatus != w.status || c.EndReason != w.end ||
+			c.ReqMessages != w.req || c.RespMessages != w.resp || c.Lost || c.Partial {
+			bad++
+		}
+	})
+	p := det.NewParser(serverConn())
+	ts := uint64(0)
+	for _, r := range setup {
+		p.Data(r.Dir, r.Time, r.Data, 0)
+		ts = r.Time
+	}
+	id := w.id
+	frames0 := det.Stats().Get(CounterFrames)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id += 2
+		got = 0
+		for k, r := range recs {
+			for _, off := range call.idAt[k] {
+				binary.BigEndian.PutUint32(r.Data[off+5:off+frameHeaderLen], id)
+			}
+			ts += 1000
+			p.Data(r.Dir, ts, r.Data, 0)
+		}
+		if got != 1 || bad != 0 {
+			b.Fatalf("stream %d: %d calls (%d not %s as recorded), want 1", id, got, bad, w.method)
+		}
+	}
+	b.StopTimer()
+	frames := float64(det.Stats().Get(CounterFrames) - frames0)
+	b.ReportMetric(frames/b.Elapsed().Seconds(), "frames/s")
+	b.ReportMetric(frames/float64(b.N), "frames/op")
 }
