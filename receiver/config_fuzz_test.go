@@ -211,6 +211,7 @@ var validateFields = []string{
 	"limits.ring_buffer_bytes: ", "limits.ring_buffer_wakeup_bytes: ", "limits.ring_buffer_poll_interval: ",
 	"limits.idle_timeout: ", "limits.request_idle_timeout: ",
 	"postgres.query_text: ", "postgres.span_kinds: ", "grpc.span_kinds: ",
+	"postgres.max_prepared_statements: ", "postgres.max_pending_requests: ", "grpc.max_open_streams: ",
 	"map_pressure.collection_interval: ", "map_pressure.warning_threshold: ",
 	"map_pressure.critical_threshold: ", "map_pressure.userspace_count_max_entries: ",
 	"self_metrics_interval: ",
