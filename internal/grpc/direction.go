@@ -1,6 +1,8 @@
 package grpc
 
 import (
+	"encoding/binary"
+
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -41,10 +43,11 @@ type dirState struct {
 	// maxFrame is the receiver's SETTINGS_MAX_FRAME_SIZE: the largest frame
 	// this direction may carry (RFC 9113 section 4.2).
 	maxFrame uint32
-	// frInBlock mirrors the Framer's only state across frames: a HEADERS
-	// or CONTINUATION without END_HEADERS was read, so only CONTINUATION
-	// may follow (RFC 9113 section 6.10).
-	frInBlock bool
+	// inBlock: a HEADERS or CONTINUATION frame of stream inBlockID without
+	// END_HEADERS was taken, so only a CONTINUATION of that stream may
+	// follow (RFC 9113 section 6.10).
+	inBlock   bool
+	inBlockID uint32
 
 	// DATA frame in progress (RFC 9113 section 6.1).
 	padPending bool // PADDED: the Pad Length octet is still to come
@@ -76,9 +79,12 @@ type dirState struct {
 	blocks uint64 // header blocks completed
 }
 
+// newFramer returns the Framer that parses SETTINGS, RST_STREAM, GOAWAY
+// and PUSH_PROMISE payloads. beginFrame checks frame sizes against
+// maxFrame itself, so the Framer accepts any valid size.
 func (d *dirState) newFramer() *http2.Framer {
 	fr := http2.NewFramer(nil, &d.rd)
-	fr.SetMaxReadFrameSize(d.maxFrame)
+	fr.SetMaxReadFrameSize(maxMaxFrameSize)
 	return fr
 }
 
@@ -325,24 +331,24 @@ func (d *dirState) onPreface() {
 	}
 }
 
-// beginFrame handles a complete 9-byte frame header (RFC 9113 section 4.1).
+// beginFrame handles a complete 9-byte frame header (RFC 9113 section 4.1:
+// length 24 bits, type, flags, reserved bit and 31-bit stream id).
 func (d *dirState) beginFrame(h []byte) {
-	d.rd.b = h
-	fh, err := d.fr.ReadFrameHeader()
-	if err != nil {
-		// http2.ErrFrameTooLarge: longer than the receiver's
-		// SETTINGS_MAX_FRAME_SIZE (RFC 9113 section 4.2); a ConnectionError:
-		// a frame other than CONTINUATION inside a header block (section
-		// 6.10). Either way these are not the frames we expect.
-		d.p.c[CounterProtocolErrors]++
-		d.lostSync(h[1:])
-		return
+	fh := http2.FrameHeader{
+		Length:   uint32(h[0])<<16 | uint32(h[1])<<8 | uint32(h[2]),
+		Type:     http2.FrameType(h[3]),
+		Flags:    http2.Flags(h[4]),
+		StreamID: binary.BigEndian.Uint32(h[5:9]) & (1<<31 - 1),
 	}
 	p := d.p
-	if h[5]&0x80 != 0 || (fh.Type == http2.FrameHeaders && p.implausibleNewStream(fh.StreamID)) {
-		// Senders leave the reserved bit unset (RFC 9113 section 4.1), and
-		// a client does not open a million streams between two frames we
-		// see: garbage, or we are out of sync.
+	if fh.Length > d.maxFrame || !d.inOrder(&fh) || h[5]&0x80 != 0 ||
+		(fh.Type == http2.FrameHeaders && p.implausibleNewStream(fh.StreamID)) {
+		// Longer than the receiver's SETTINGS_MAX_FRAME_SIZE (section 4.2);
+		// a frame other than the CONTINUATION of an open header block
+		// (section 6.10); the reserved bit, which senders leave unset
+		// (section 4.1); a client opening a million streams between two
+		// frames we see. Garbage, or we are out of sync: the frame is not
+		// taken, and changes no state.
 		p.c[CounterProtocolErrors]++
 		d.lostSync(h[1:])
 		return
@@ -350,9 +356,7 @@ func (d *dirState) beginFrame(h []byte) {
 	p.c[CounterFrames]++
 	p.seq++
 	d.fh = fh
-	if fh.Type == http2.FrameHeaders || fh.Type == http2.FrameContinuation {
-		d.frInBlock = !fh.Flags.Has(http2.FlagHeadersEndHeaders)
-	}
+	d.takeOrder(&fh)
 	d.remain = fh.Length
 	switch fh.Type {
 	case http2.FrameData:
@@ -382,6 +386,10 @@ func (d *dirState) beginFrame(h []byte) {
 			d.endSkip()
 		}
 		return
+	}
+	if fh.Type != http2.FrameHeaders && fh.Type != http2.FrameContinuation {
+		// completeFrame has the Framer parse the frame from the header bytes.
+		copy(d.hdr[:], h)
 	}
 	switch {
 	case fh.Length > p.opts.MaxFrameBuffer:
@@ -504,23 +512,37 @@ func (d *dirState) endSkip() {
 // completeFrame parses a non-DATA frame whose payload is complete.
 func (d *dirState) completeFrame(payload []byte) {
 	d.st = stHeader
-	d.rd.b = payload
-	f, err := d.fr.ReadFrameForHeader(d.fh)
+	if t := d.fh.Type; t == http2.FrameHeaders || t == http2.FrameContinuation {
+		// The block fragment is read in place: the Framer would allocate a
+		// frame and copy the payload for every HEADERS frame.
+		frag, ok := headerFragment(&d.fh, payload)
+		if !ok {
+			d.p.c[CounterProtocolErrors]++
+		}
+		d.headerFrame(d.fh, frag, ok)
+		return
+	}
+	// The Framer reads the header kept by beginFrame, then the payload.
+	// It only ever sees the frame types that do not take part in header
+	// block order, which beginFrame has checked, and frame lengths that
+	// beginFrame has checked against the same limit.
+	d.rd.b = d.hdr[:]
+	fh, err := d.fr.ReadFrameHeader()
+	var f http2.Frame
+	if err == nil {
+		d.rd.b = payload
+		f, err = d.fr.ReadFrameForHeader(fh)
+	}
 	if err != nil {
 		// The frame's length was valid, so framing holds; its content
 		// violates RFC 9113 (a StreamError or ConnectionError).
 		d.p.c[CounterProtocolErrors]++
-		switch d.fh.Type {
-		case http2.FrameHeaders, http2.FrameContinuation, http2.FramePushPromise:
+		if d.fh.Type == http2.FramePushPromise {
 			d.headerFrame(d.fh, nil, false)
 		}
 		return
 	}
 	switch f := f.(type) {
-	case *http2.HeadersFrame:
-		d.headerFrame(f.FrameHeader, f.HeaderBlockFragment(), true)
-	case *http2.ContinuationFrame:
-		d.headerFrame(f.FrameHeader, f.HeaderBlockFragment(), true)
 	case *http2.PushPromiseFrame:
 		d.headerFrame(f.FrameHeader, f.HeaderBlockFragment(), true)
 	case *http2.RSTStreamFrame:
@@ -529,6 +551,59 @@ func (d *dirState) completeFrame(payload []byte) {
 		d.onSettings(f)
 	case *http2.GoAwayFrame:
 		d.p.onGoAway(d, f.LastStreamID, uint32(f.ErrCode))
+	}
+}
+
+// headerFragment returns the header block fragment of a HEADERS or
+// CONTINUATION payload, with the checks x/net's Framer makes: both frames
+// belong to a stream (RFC 9113 sections 6.2, 6.10); a HEADERS frame loses
+// its Pad Length octet and padding when PADDED, and its stream dependency
+// and weight (5 octets) when PRIORITY, and these must fit in the payload
+// (section 6.2). ok is false for a frame that breaks them.
+func headerFragment(fh *http2.FrameHeader, p []byte) (frag []byte, ok bool) {
+	if fh.StreamID == 0 {
+		return nil, false
+	}
+	if fh.Type != http2.FrameHeaders {
+		return p, true
+	}
+	pad := 0
+	if fh.Flags.Has(http2.FlagHeadersPadded) {
+		if len(p) < 1 {
+			return nil, false
+		}
+		pad, p = int(p[0]), p[1:]
+	}
+	if fh.Flags.Has(http2.FlagHeadersPriority) {
+		if len(p) < 5 {
+			return nil, false
+		}
+		p = p[5:]
+	}
+	if len(p) < pad {
+		return nil, false
+	}
+	return p[:len(p)-pad], true
+}
+
+// inOrder checks what x/net's Framer checks between frames (RFC 9113
+// section 6.10): a header block is a HEADERS frame followed by
+// CONTINUATION frames of the same stream, with nothing in between, and a
+// CONTINUATION only continues an open block. PUSH_PROMISE is not followed,
+// as the Framer does not follow it.
+func (d *dirState) inOrder(fh *http2.FrameHeader) bool {
+	if d.inBlock {
+		return fh.Type == http2.FrameContinuation && fh.StreamID == d.inBlockID
+	}
+	return fh.Type != http2.FrameContinuation
+}
+
+// takeOrder records a frame that passed inOrder.
+func (d *dirState) takeOrder(fh *http2.FrameHeader) {
+	if fh.Type == http2.FrameHeaders || fh.Type == http2.FrameContinuation {
+		// END_HEADERS is the same bit in both (sections 6.2, 6.10).
+		d.inBlock = !fh.Flags.Has(http2.FlagHeadersEndHeaders)
+		d.inBlockID = fh.StreamID
 	}
 }
 
@@ -566,7 +641,6 @@ func (d *dirState) onSettings(f *http2.SettingsFrame) {
 			// can still be in flight: keep the larger.
 			if s.Val > o.maxFrame {
 				o.maxFrame = s.Val
-				o.fr.SetMaxReadFrameSize(s.Val)
 			}
 		}
 	}
@@ -939,11 +1013,8 @@ func (d *dirState) syncScan() bool {
 			d.rsOff = pos
 			d.st = stHeader
 			d.hdrN = 0
-			if d.frInBlock {
-				// The Framer would insist on a CONTINUATION.
-				d.fr = d.newFramer()
-				d.frInBlock = false
-			}
+			// A block open before the loss does not continue here.
+			d.inBlock = false
 			return true
 		}
 	}

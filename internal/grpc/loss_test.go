@@ -277,3 +277,35 @@ func TestLossOnly(t *testing.T) {
 	p.Close(recs[len(recs)-1].Time)
 	checkAgainstTruth(t, col.calls, det.Stats(), truthOf(t, recs))
 }
+
+// A frame header rejected after the frame order was checked (reserved bit
+// set, or a stream id far above any opened) must not leave the order check
+// waiting for its CONTINUATION: such a header is garbage, and the calls
+// after it are parsed once sync is found again (RFC 9113 section 6.10 only
+// constrains frames that are part of the connection).
+func TestRejectedHeadersOpenNoBlock(t *testing.T) {
+	for name, garbage := range map[string][]byte{
+		// HEADERS without END_HEADERS, reserved bit set (section 4.1).
+		"reserved": {0, 0, 4, byte(http2.FrameHeaders), 0, 0x80, 0, 0, 3, 0x82, 0x86, 0x84, 0x41},
+		// HEADERS without END_HEADERS opening a stream 2^24 ids away.
+		"jump": {0, 0, 4, byte(http2.FrameHeaders), 0, 1, 0, 0, 3, 0x82, 0x86, 0x84, 0x41},
+	} {
+		s := newSynth()
+		s.start()
+		s.request(1, "/pkg.Svc/A")
+		s.response(1, 0)
+		s.raw(stream.Egress, garbage)
+		s.request(5, "/pkg.Svc/B")
+		s.response(5, 0)
+		s.request(7, "/pkg.Svc/C")
+		s.response(7, 0)
+		calls, st := s.replay(clientConn(), Options{})
+		m := byID(calls)
+		if len(calls) != 3 || m[5].Method != "pkg.Svc/B" || m[7].Method != "pkg.Svc/C" {
+			t.Errorf("%s: calls %+v, %v", name, calls, statsMap(st))
+		}
+		if st.Get(CounterProtocolErrors) != 1 || st.Get(CounterResyncs) != 1 {
+			t.Errorf("%s: %v", name, statsMap(st))
+		}
+	}
+}
