@@ -30,6 +30,12 @@ type Config struct {
 	// SelfMetricsInterval is how often the receiver's own counters
 	// (records, bytes, drops by reason, connections) are emitted.
 	SelfMetricsInterval time.Duration `mapstructure:"self_metrics_interval"`
+	// OnStartFailure is what a failed Start does to the collector:
+	// "stop_collector" returns the error, and the collector (every
+	// pipeline) exits; "keep_collector_running" reports the error as the
+	// receiver's permanent error status, logs it, and leaves the receiver
+	// inert while the other components run.
+	OnStartFailure string `mapstructure:"on_start_failure"`
 
 	metadata.MetricsBuilderConfig `mapstructure:",squash"`
 
@@ -148,6 +154,12 @@ type LimitsConfig struct {
 	RequestIdleTimeout time.Duration `mapstructure:"request_idle_timeout"`
 }
 
+// The values of on_start_failure.
+const (
+	stopCollector        = "stop_collector"
+	keepCollectorRunning = "keep_collector_running"
+)
+
 // Bounds checked by Validate.
 const (
 	maxCgroups        = 16        // slots of the kernel's cgroup array
@@ -261,6 +273,11 @@ func (cfg *Config) Validate() error {
 	}
 	if cfg.SelfMetricsInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("self_metrics_interval: %s must be at least 100ms", cfg.SelfMetricsInterval))
+	}
+	switch cfg.OnStartFailure {
+	case stopCollector, keepCollectorRunning:
+	default:
+		errs = append(errs, fmt.Errorf("on_start_failure: %q must be %s or %s", cfg.OnStartFailure, stopCollector, keepCollectorRunning))
 	}
 	return errors.Join(errs...)
 }

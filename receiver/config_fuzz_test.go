@@ -78,7 +78,7 @@ var fuzzConfigKeys = []string{
 	"limits::max_connections", "limits::capture_bytes", "limits::capture_tail_bytes",
 	"limits::ring_buffer_bytes", "limits::ring_buffer_wakeup_bytes", "limits::ring_buffer_poll_interval",
 	"limits::idle_timeout", "limits::request_idle_timeout",
-	"self_metrics_interval",
+	"self_metrics_interval", "on_start_failure",
 	"metrics::ebpf.capture.drops::enabled", "metrics::ebpf.capture.drops::attributes",
 	"metrics::ebpf.capture.drops::aggregation_strategy", "metrics::ebpf.program.run.count::enabled",
 	"metrics::ebpf.map.entries::attributes", "metrics::ebpf.protocol.parser.events::aggregation_strategy",
@@ -214,7 +214,7 @@ var validateFields = []string{
 	"postgres.max_prepared_statements: ", "postgres.max_pending_requests: ", "grpc.max_open_streams: ",
 	"map_pressure.collection_interval: ", "map_pressure.warning_threshold: ",
 	"map_pressure.critical_threshold: ", "map_pressure.userspace_count_max_entries: ",
-	"self_metrics_interval: ",
+	"self_metrics_interval: ", "on_start_failure: ",
 }
 
 // checkErrorsNameFields: every error line starts with the field it is about.

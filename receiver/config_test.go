@@ -46,6 +46,7 @@ func TestLoadConfig(t *testing.T) {
 	custom.GRPC.LegacyAttributes = true
 	custom.Resource.CommandLine = true
 	custom.SelfMetricsInterval = 15 * time.Second
+	custom.OnStartFailure = "keep_collector_running"
 	custom.Metrics.EbpfProgramRunCount.Enabled = true
 
 	tests := []struct {
@@ -72,6 +73,7 @@ func TestLoadConfig(t *testing.T) {
 			require.Equal(t, want.MapPressure, got.MapPressure)
 			require.Equal(t, want.Limits, got.Limits)
 			require.Equal(t, want.SelfMetricsInterval, got.SelfMetricsInterval)
+			require.Equal(t, want.OnStartFailure, got.OnStartFailure)
 			require.Equal(t, want.Metrics.EbpfProgramRunCount.Enabled, got.Metrics.EbpfProgramRunCount.Enabled)
 			require.Equal(t, want.Metrics.EbpfCaptureDrops.Enabled, got.Metrics.EbpfCaptureDrops.Enabled)
 		})
@@ -116,6 +118,11 @@ func TestValidate(t *testing.T) {
 		{"span kind", func(c *Config) { c.GRPC.SpanKinds = []string{"producer"} }, "grpc.span_kinds: \"producer\""},
 		{"no span kinds", func(c *Config) { c.Postgres.SpanKinds = nil }, "postgres.span_kinds: list client"},
 		{"no span kinds when off", func(c *Config) { c.Postgres.SpanKinds, c.Postgres.Enabled = nil, false }, ""},
+		{"keep collector running", func(c *Config) { c.OnStartFailure = "keep_collector_running" }, ""},
+		{"stop collector", func(c *Config) { c.OnStartFailure = "stop_collector" }, ""},
+		{"start failure unknown", func(c *Config) { c.OnStartFailure = "ignore" }, "on_start_failure: \"ignore\" must be stop_collector or keep_collector_running"},
+		{"start failure empty", func(c *Config) { c.OnStartFailure = "" }, "on_start_failure: \"\" must be"},
+		{"start failure case", func(c *Config) { c.OnStartFailure = "Keep_Collector_Running" }, "on_start_failure: \"Keep_Collector_Running\""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

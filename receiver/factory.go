@@ -50,6 +50,7 @@ func createDefaultConfig() component.Config {
 			RequestIdleTimeout:     5 * time.Minute,
 		},
 		SelfMetricsInterval:  10 * time.Second,
+		OnStartFailure:       stopCollector,
 		MetricsBuilderConfig: metadata.NewDefaultMetricsBuilderConfig(),
 	}
 }

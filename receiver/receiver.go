@@ -5,8 +5,10 @@ import (
 	"sync"
 
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/component/componentstatus"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/receiver"
+	"go.uber.org/zap"
 )
 
 // ebpfReceiver is one running receiver. Its traces and metrics pipelines
@@ -23,6 +25,9 @@ type ebpfReceiver struct {
 	startErr  error
 	stopOnce  sync.Once
 	stopErr   error
+	// inert: Start failed under on_start_failure: keep_collector_running;
+	// every Start reports startErr as a status and returns nil.
+	inert bool
 
 	eng *engine // platform part, nil until started
 }
@@ -41,13 +46,34 @@ func (r *ebpfReceiver) setMetrics(next consumer.Metrics) {
 
 // Start loads and attaches the programs the first time it is called; the
 // second pipeline's Start returns the first one's result.
+//
+// A failure (missing capabilities, kernel features, programs the verifier
+// rejects) is returned, which makes the collector shut every pipeline down,
+// unless on_start_failure is keep_collector_running: then it is logged
+// once, reported to each pipeline's host as a permanent error status, and
+// Start returns nil with nothing loaded (startEngine unloaded what it had
+// loaded), so that the collector's other pipelines run on.
 func (r *ebpfReceiver) Start(ctx context.Context, host component.Host) error {
 	r.startOnce.Do(func() {
 		r.mu.Lock()
 		traces, metrics := r.traces, r.metrics
 		r.mu.Unlock()
 		r.eng, r.startErr = startEngine(ctx, r.cfg, r.set, traces, metrics)
+		if r.startErr != nil && r.cfg.OnStartFailure == keepCollectorRunning {
+			r.inert = true
+			// Without a stack trace, as the collector logs a component
+			// that failed to start: the error says what is missing.
+			r.set.Logger.WithOptions(zap.AddStacktrace(zap.DPanicLevel)).Error(
+				"ebpf receiver: not started; the collector's other pipelines keep running (on_start_failure: keep_collector_running)",
+				zap.Error(r.startErr))
+		}
 	})
+	if r.inert {
+		// The traces and the metrics pipeline each have their own status
+		// (one instance id per pipeline signal): report it to both.
+		componentstatus.ReportStatus(host, componentstatus.NewPermanentErrorEvent(r.startErr))
+		return nil
+	}
 	return r.startErr
 }
 
