@@ -13,18 +13,34 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/component/componentstatus"
+	"go.opentelemetry.io/collector/component/componenttest"
+	"go.opentelemetry.io/collector/consumer/consumertest"
+	"go.opentelemetry.io/collector/pdata/pcommon"
+	"go.opentelemetry.io/collector/pdata/ptrace"
+	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
+	"go.opentelemetry.io/collector/receiver/receivertest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/cgroup"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/pgserver"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
+	"github.com/ebpfotel/ebpfreceiver/receiver/internal/metadata"
 )
 
 // builtCollector is bin/otelcol-ebpf, built by `make otelcol` (which `make
@@ -78,11 +94,14 @@ func capEff(t *testing.T, caps []string) uint64 {
 // TestSecurityCollectorWithoutCapabilities runs the built collector without
 // some of CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (which stands in for both,
 // so it is always dropped), with the ebpf receiver in one pipeline and an
-// OTLP receiver in another. The collector cannot run the ebpf receiver, and
-// a receiver that fails to start stops the collector: it must say exactly
-// which capabilities are missing, whichever of its components would load
-// first, shut the rest down cleanly (no panic, no hang, its ports released)
-// and exit promptly with an error.
+// OTLP receiver in another. The collector cannot run the ebpf receiver. By
+// default (on_start_failure: stop_collector) a receiver that fails to start
+// stops the collector: it must say exactly which capabilities are missing,
+// whichever of its components would load first, shut the rest down cleanly
+// (no panic, no hang, its ports released) and exit promptly with an error.
+// With on_start_failure: keep_collector_running the collector runs on, logs
+// the same error once, and its OTLP pipeline carries spans (the last
+// subtest).
 func TestSecurityCollectorWithoutCapabilities(t *testing.T) {
 	privileged.Require(t)
 	if _, err := exec.LookPath("setpriv"); err != nil {
@@ -178,6 +197,224 @@ service:
 			for _, w := range append(tc.notWant, "MEMLOCK", "CAP_SYS_RESOURCE", "map_pressure") {
 				require.NotContains(t, errLine, w)
 			}
+		})
+	}
+
+	t.Run("keep_collector_running", func(t *testing.T) {
+		drop := []string{"bpf", "perfmon", "sys_admin"}
+		require.Zero(t, capEff(t, drop)&(1<<sysAdmin|1<<perfmon|1<<bpf))
+		port := secFreePort(t)
+		cfgPath := filepath.Join(t.TempDir(), "config.yaml")
+		// Traces and metrics: both pipelines' Start calls of the shared
+		// receiver return nil, and the error is logged once.
+		require.NoError(t, os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+receivers:
+  ebpf: {on_start_failure: keep_collector_running}
+  otlp:
+    protocols:
+      grpc: {endpoint: 127.0.0.1:%d}
+exporters:
+  debug: {verbosity: detailed}
+service:
+  telemetry:
+    metrics: {level: none}
+  pipelines:
+    %s
+    traces/otlp: {receivers: [otlp], exporters: [debug]}
+`, port, tracesAndMetrics)), 0o600))
+
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cmd := dropCaps(ctx, drop, bin, "--config", cfgPath)
+		var output syncBuffer
+		cmd.Stdout, cmd.Stderr = &output, &output
+		require.NoError(t, cmd.Start())
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		exited := false
+		defer func() {
+			if !exited {
+				_ = cmd.Process.Kill()
+				<-done
+				t.Logf("collector log:\n%s", output.String())
+			}
+		}()
+		for ready := time.After(time.Minute); !strings.Contains(output.String(), "Everything is ready"); {
+			select {
+			case err := <-done:
+				exited = true
+				t.Fatalf("the collector exited: %v\n%s", err, lastLines(output.String(), 6))
+			case <-ready:
+				t.Fatalf("the collector is not ready after a minute")
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+
+		// The receiver's error, at error level, once, naming the
+		// capabilities as the stop_collector error does.
+		log := output.String()
+		const notStarted = "ebpf receiver: not started; the collector's other pipelines keep running (on_start_failure: keep_collector_running)"
+		require.Equal(t, 1, strings.Count(log, notStarted), "logged once for both pipelines:\n%s", log)
+		line := lineWith(log, notStarted)
+		require.Contains(t, line, "\terror\t", "at error level: %s", line)
+		require.Contains(t, line, `"error": "ebpf receiver: missing capabilities CAP_BPF, CAP_PERFMON`+grant, "%s", line)
+		require.NotContains(t, log, `failed to start "ebpf" receiver`)
+		require.NotContains(t, log, "(*ebpfReceiver).Start", "no stack trace: the error says what is missing")
+
+		// The OTLP pipeline works: a span sent to the OTLP receiver comes
+		// out of the debug exporter.
+		raw := make([]byte, 8)
+		_, err := rand.Read(raw)
+		require.NoError(t, err)
+		name := "keep-running-" + hex.EncodeToString(raw)
+		td := ptrace.NewTraces()
+		sp := td.ResourceSpans().AppendEmpty().ScopeSpans().AppendEmpty().Spans().AppendEmpty()
+		sp.SetName(name)
+		sp.SetTraceID(pcommon.TraceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
+		sp.SetSpanID(pcommon.SpanID{1, 2, 3, 4, 5, 6, 7, 8})
+		now := time.Now()
+		sp.SetStartTimestamp(pcommon.NewTimestampFromTime(now.Add(-time.Millisecond)))
+		sp.SetEndTimestamp(pcommon.NewTimestampFromTime(now))
+		cc, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+		defer cc.Close()
+		sendCtx, sendCancel := context.WithTimeout(ctx, 10*time.Second)
+		defer sendCancel()
+		_, err = ptraceotlp.NewGRPCClient(cc).Export(sendCtx, ptraceotlp.NewExportRequestFromTraces(td))
+		require.NoError(t, err, "the OTLP receiver accepts the span")
+		require.Eventually(t, func() bool {
+			return strings.Contains(output.String(), "Name           : "+name)
+		}, 10*time.Second, 50*time.Millisecond, "the debug exporter prints the span")
+
+		// SIGTERM: a clean exit, status 0.
+		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+		select {
+		case err = <-done:
+			exited = true
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the collector did not stop within 20 s of SIGTERM")
+		}
+		log = output.String()
+		t.Logf("exit: %v\n%s", err, lastLines(log, 3))
+		require.NoError(t, err, "the collector exits with status 0")
+		require.Contains(t, log, "Shutdown complete.")
+		require.NotContains(t, log, "panic:")
+		require.NotContains(t, log, "goroutine ")
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		require.NoError(t, err, "the OTLP receiver's port is released")
+		ln.Close()
+	})
+}
+
+// syncBuffer is a bytes.Buffer the collector's output can be copied into
+// (exec copies stdout and stderr from their own goroutines) while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// lineWith is the first line of log that contains sub.
+func lineWith(log, sub string) string {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, sub) {
+			return line
+		}
+	}
+	return ""
+}
+
+// statusHost is a component.Host that keeps the status events reported to
+// it, as the collector's service keeps one status per pipeline instance of
+// a component.
+type statusHost struct {
+	component.Host
+	mu     sync.Mutex
+	events []*componentstatus.Event
+}
+
+func (h *statusHost) Report(ev *componentstatus.Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.events = append(h.events, ev)
+}
+
+func (h *statusHost) reported() []*componentstatus.Event {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.events)
+}
+
+// TestSecurityStartFailureStatus fails Start for real after programs were
+// loaded: the map sampler loads, then the capture loads its programs and
+// refuses a filter.cgroups directory that is not on cgroup v2 (a plain
+// temporary directory), and unloads them. Under stop_collector both
+// pipelines' Start return that error; under keep_collector_running both
+// return nil, each pipeline's host gets one permanent error event with the
+// error, it is logged once at error level, nothing stays loaded, and
+// Shutdown is clean.
+func TestSecurityStartFailureStatus(t *testing.T) {
+	privileged.Require(t)
+	dir := t.TempDir()
+	for _, mode := range []string{stopCollector, keepCollectorRunning} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := createDefaultConfig().(*Config)
+			cfg.Filter.Cgroups = []string{dir}
+			cfg.OnStartFailure = mode
+			require.NoError(t, cfg.Validate())
+			core, logs := observer.New(zapcore.InfoLevel)
+			set := receivertest.NewNopSettings(metadata.Type)
+			set.Logger = zap.New(core)
+			ctx := context.Background()
+			f := NewFactory()
+			tr, err := f.CreateTraces(ctx, set, cfg, consumertest.NewNop())
+			require.NoError(t, err)
+			mr, err := f.CreateMetrics(ctx, set, cfg, consumertest.NewNop())
+			require.NoError(t, err)
+			trHost := &statusHost{Host: componenttest.NewNopHost()}
+			mrHost := &statusHost{Host: componenttest.NewNopHost()}
+
+			trErr, mrErr := tr.Start(ctx, trHost), mr.Start(ctx, mrHost)
+			require.Empty(t, heldFDs(t).kind, "a failed Start unloads what it loaded")
+			require.Empty(t, privileged.ProgramsHeldBySelf(t))
+			const want = "ebpf receiver: filter.cgroups: " // then the path and "is not a cgroup v2 directory"
+			errorLogs := logs.FilterLevelExact(zapcore.ErrorLevel).All()
+			if mode == stopCollector {
+				require.ErrorContains(t, trErr, want)
+				require.ErrorContains(t, trErr, dir+" is not a cgroup v2 directory")
+				require.Equal(t, trErr, mrErr, "the second pipeline's Start returns the first one's result")
+				require.Empty(t, trHost.reported(), "the collector reports a returned error itself")
+				require.Empty(t, mrHost.reported())
+				require.Empty(t, errorLogs, "the collector logs a returned error itself")
+			} else {
+				require.NoError(t, trErr)
+				require.NoError(t, mrErr)
+				for _, h := range []*statusHost{trHost, mrHost} {
+					ev := h.reported()
+					require.Len(t, ev, 1)
+					require.Equal(t, componentstatus.StatusPermanentError, ev[0].Status())
+					require.ErrorContains(t, ev[0].Err(), want)
+					require.ErrorContains(t, ev[0].Err(), dir+" is not a cgroup v2 directory")
+				}
+				require.Len(t, errorLogs, 1, "logged once for both pipelines")
+				require.Contains(t, errorLogs[0].Message, "not started")
+				require.Equal(t, trHost.reported()[0].Err().Error(), errorLogs[0].ContextMap()["error"])
+			}
+			require.NoError(t, tr.Shutdown(ctx))
+			require.NoError(t, mr.Shutdown(ctx))
+			require.NoError(t, tr.Shutdown(ctx), "Shutdown is idempotent")
 		})
 	}
 }
