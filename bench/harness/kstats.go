@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/capture"
@@ -219,23 +221,10 @@ func kernelPhase(ctx context.Context, e *env, name string, filter *cgroup, clien
 		return nil, err
 	}
 	bg1, tb1 := snapPrograms(progs), time.Now()
-	loads := []struct {
-		name string
-		run  func() error
-	}{
-		{fmt.Sprintf("pgbench -S -M prepared -c 4 -j 2 -T %d", seconds), func() error {
-			_, err := e.pg.runPgbench(ctx, pgbenchRun{Select: true, Seconds: seconds, Client: client})
-			return err
-		}},
-		{fmt.Sprintf("ghz unary saturating -c %d --connections %d -z %ds", e.opts.grpcConc, e.opts.grpcConns, seconds), func() error {
-			_, err := runGhz(ctx, e.ghzSat(seconds, client))
-			return err
-		}},
-	}
-	for _, l := range loads {
+	for _, l := range e.kernelLoads(client, seconds) {
 		r0 := records()
 		a, ta := snapPrograms(progs), time.Now()
-		if err := l.run(); err != nil {
+		if err := l.run(ctx); err != nil {
 			return nil, err
 		}
 		b, tb := snapPrograms(progs), time.Now()
@@ -248,10 +237,93 @@ func kernelPhase(ctx context.Context, e *env, name string, filter *cgroup, clien
 	return ph, nil
 }
 
-// KernelResult compares the filtered-out and the captured path.
+// KernelResult compares the filtered-out and the captured path, and the
+// floor: an empty program on the same tracepoints under the same loads.
 type KernelResult struct {
 	Filtered *KernelPhase `json:"filtered_out"`
 	Captured *KernelPhase `json:"captured"`
+	Floor    *KernelPhase `json:"floor,omitempty"`
+}
+
+// dataSyscalls are the syscalls whose enter and exit tracepoints carry the
+// capture programs (bpf/capture.bpf.c DATA_SYSCALL).
+var dataSyscalls = []string{"read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg"}
+
+// floorPhase measures what any program costs on the capture's tracepoints:
+// an empty tracepoint program (r0 = 0; exit) on the enter and exit of every
+// data syscall, no collector, the same two workloads, statistics on. Its
+// ns/run is the part of the capture programs' figures that is not theirs:
+// the statistics' own clock reads and the dispatch of a tracepoint program
+// (on this VM, reading the clock is not free).
+func floorPhase(ctx context.Context, e *env, client *cgroup, seconds int) (*KernelPhase, error) {
+	closer, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		return nil, fmt.Errorf("enable BPF statistics: %w", err)
+	}
+	defer closer.Close()
+	progs := map[string]*ebpf.Program{}
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			l.Close()
+		}
+		for _, p := range progs {
+			p.Close()
+		}
+	}()
+	for _, sc := range dataSyscalls {
+		for _, dir := range []string{"enter", "exit"} {
+			p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+				Name: dir + "_" + sc, Type: ebpf.TracePoint, License: "GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()},
+			})
+			if err != nil {
+				return nil, fmt.Errorf("load empty program: %w", err)
+			}
+			progs[dir+"_"+sc] = p
+			l, err := link.Tracepoint("syscalls", "sys_"+dir+"_"+sc, p, nil)
+			if err != nil {
+				return nil, fmt.Errorf("attach empty program to sys_%s_%s: %w", dir, sc, err)
+			}
+			links = append(links, l)
+		}
+	}
+	ph := &KernelPhase{Name: "floor", Filter: "none (empty programs)"}
+	bg0, tb0 := snapPrograms(progs), time.Now()
+	if err := sleep(ctx, 2*time.Second); err != nil {
+		return nil, err
+	}
+	bg1, tb1 := snapPrograms(progs), time.Now()
+	for _, l := range e.kernelLoads(client, seconds) {
+		a, ta := snapPrograms(progs), time.Now()
+		if err := l.run(ctx); err != nil {
+			return nil, err
+		}
+		b, tb := snapPrograms(progs), time.Now()
+		ph.Windows = append(ph.Windows, window(l.name, a, b, tb.Sub(ta), bg0, bg1, tb1.Sub(tb0), 0))
+	}
+	return ph, nil
+}
+
+// kernelLoad is one workload of the kernel-statistics phases.
+type kernelLoad struct {
+	name string
+	run  func(context.Context) error
+}
+
+// kernelLoads are the workloads of the kernel phases: PostgreSQL, then gRPC,
+// with the load generators in client.
+func (e *env) kernelLoads(client *cgroup, seconds int) []kernelLoad {
+	return []kernelLoad{
+		{fmt.Sprintf("pgbench -S -M prepared -c 4 -j 2 -T %d", seconds), func(ctx context.Context) error {
+			_, err := e.pg.runPgbench(ctx, pgbenchRun{Select: true, Seconds: seconds, Client: client})
+			return err
+		}},
+		{fmt.Sprintf("ghz unary saturating -c %d --connections %d -z %ds", e.opts.grpcConc, e.opts.grpcConns, seconds), func(ctx context.Context) error {
+			_, err := runGhz(ctx, e.ghzSat(seconds, client))
+			return err
+		}},
+	}
 }
 
 // runKernelPhases measures the programs' cost per run, first with the
@@ -276,6 +348,14 @@ func runKernelPhases(ctx context.Context, e *env) error {
 	for _, w := range c.Windows {
 		logf("captured, %s: data programs %.0f runs, %.1f ns/run; %.0f records, %.1f ns/record", w.Workload, w.DataRuns, w.DataNsPerRun, w.Records, w.NsPerRecord)
 	}
-	e.res.Kernel = &KernelResult{Filtered: f, Captured: c}
+	logf("== kernel: BPF run-time statistics, floor (empty programs on the same tracepoints, no collector)")
+	fl, err := floorPhase(ctx, e, e.serverCg, e.opts.kSeconds)
+	if err != nil {
+		return err
+	}
+	for _, w := range fl.Windows {
+		logf("floor, %s: %d runs, %.1f ns/run", w.Workload, w.AllRuns, w.AllNsPerRun)
+	}
+	e.res.Kernel = &KernelResult{Filtered: f, Captured: c, Floor: fl}
 	return nil
 }

@@ -127,6 +127,11 @@ func (r *Results) markdown() string {
 			}
 			p("\nFiltered out, all syscall programs: %.0f ns/run over %d runs. Captured, read/write-family programs (background runs at the idle rate removed): %.0f ns/run over %.0f runs; %.0f records captured, %.0f ns of program time per record.\n\n",
 				fw.AllNsPerRun, fw.AllRuns, cw.DataNsPerRun, cw.DataRuns, cw.Records, cw.NsPerRecord)
+			if k.Floor != nil && i < len(k.Floor.Windows) {
+				w := k.Floor.Windows[i]
+				p("Floor: an empty program (`r0 = 0; exit`) on the enter and exit tracepoints of the same data syscalls, without the collector, under the same workload: %.0f ns/run over %d runs. That much of every figure above is the tracepoint's dispatch and the statistics' own clock reads, which any program pays.\n\n",
+					w.AllNsPerRun, w.AllRuns)
+			}
 		}
 	}
 

@@ -334,6 +334,13 @@ func (r *Results) evaluate() {
 			Detail: fmt.Sprintf("p99 A %s µs, B %s µs; added avg %s µs", fmtS(w.LatP99A, "%.0f"), fmtS(w.LatP99B, "%.0f"), fmtS(w.LatAvgAddedUs, "%.1f"))})
 	}
 	if k := r.Kernel; k != nil && k.Filtered != nil && k.Captured != nil {
+		// floor names the empty program's ns/run under the same workload.
+		floor := func(i int) string {
+			if k.Floor == nil || i >= len(k.Floor.Windows) {
+				return ""
+			}
+			return fmt.Sprintf("; an empty program on the same tracepoints: %.0f ns/run", k.Floor.Windows[i].AllNsPerRun)
+		}
 		for i, w := range k.Captured.Windows {
 			proto := "PostgreSQL"
 			if i == 1 {
@@ -341,7 +348,7 @@ func (r *Results) evaluate() {
 			}
 			add(Target{ID: "4a", What: "Kernel: ns per program run, captured path, " + proto + " (read/write-family programs, both ends captured)", Goal: "≤ 250 ns",
 				Value: fmt.Sprintf("%.0f ns", w.DataNsPerRun), Met: boolp(w.DataNsPerRun <= 250),
-				Detail: fmt.Sprintf("%.0f runs; %.0f ns of program time per captured record (enter + exit + non-capturing runs)", w.DataRuns, w.NsPerRecord)})
+				Detail: fmt.Sprintf("%.0f runs; %.0f ns of program time per captured record (enter + exit + non-capturing runs)%s", w.DataRuns, w.NsPerRecord, floor(i))})
 		}
 		for i, w := range k.Filtered.Windows {
 			proto := "PostgreSQL"
@@ -350,7 +357,7 @@ func (r *Results) evaluate() {
 			}
 			add(Target{ID: "4b", What: "Kernel: ns per program run, filtered-out path, " + proto + " (all syscall programs)", Goal: "≤ 90 ns",
 				Value: fmt.Sprintf("%.0f ns", w.AllNsPerRun), Met: boolp(w.AllNsPerRun <= 90),
-				Detail: fmt.Sprintf("%d runs", w.AllRuns)})
+				Detail: fmt.Sprintf("%d runs%s", w.AllRuns, floor(i))})
 		}
 	}
 	if w := r.byName["pg-rate"]; w != nil && w.ExtraNsPerRecord.N > 0 {
