@@ -20,8 +20,9 @@ type hpackDir struct {
 	// table size update the encoder may send (RFC 7541 section 6.3).
 	allowed uint32
 	sh      shadow
-	blk     []byte // header block assembled across CONTINUATION frames
-	blkOver bool   // the block outgrew Options.MaxHeaderBlock
+	memo    blockMemo // only used while trusted
+	blk     []byte    // header block assembled across CONTINUATION frames
+	blkOver bool      // the block outgrew Options.MaxHeaderBlock
 }
 
 // dirState parses the frames one endpoint sent.
@@ -96,6 +97,7 @@ func (d *dirState) trustFresh() {
 	dec.SetMaxStringLength(d.p.opts.MaxStringLen)
 	d.hp.dec = dec
 	d.hp.trusted = true
+	d.hp.memo.changed()
 }
 
 // untrust drops what we know of the dynamic table: from now on only entries
@@ -103,6 +105,7 @@ func (d *dirState) trustFresh() {
 func (d *dirState) untrust() {
 	d.hp.trusted = false
 	d.hp.dec = nil
+	d.hp.memo.changed()
 	d.hp.sh.reset(d.p.opts.MaxTableSize)
 	d.p.c[CounterHPACKUntrusted]++
 }
@@ -119,6 +122,7 @@ func (d *dirState) retrust() {
 	}
 	d.hp.dec = dec
 	d.hp.trusted = true
+	d.hp.memo.changed()
 	sh.reset(d.p.opts.MaxTableSize)
 	d.p.c[CounterHPACKRecovered]++
 }
@@ -734,12 +738,33 @@ func (d *dirState) fragment(frag []byte, last bool) {
 func (d *dirState) decodeBlock(blk []byte) {
 	p := d.p
 	if d.hp.trusted {
+		b := &d.blk
+		// A block of indexed fields that decoded before against the same
+		// table decodes to the same fields (RFC 7541 section 6.1) and
+		// leaves the table as it is; the fields only matter for a tracked
+		// stream.
+		indexed := onlyIndexed(blk)
+		if indexed {
+			if m := d.hp.memo.find(blk); m != nil {
+				if b.s != nil {
+					b.f, b.listSize = m.f, m.listSize
+				}
+				return
+			}
+		} else {
+			d.hp.memo.changed()
+		}
 		_, err := d.hp.dec.Write(blk)
 		if err == nil {
 			err = d.hp.dec.Close()
 		}
 		if err != nil {
 			d.blockFailed(true)
+			return
+		}
+		if indexed && b.s != nil && !b.over && !b.unknown {
+			// Every field was seen, none past MaxHeaderListSize.
+			d.hp.memo.store(blk, &b.f, b.listSize)
 		}
 		return
 	}

@@ -377,3 +377,83 @@ func wantField(name string) bool {
 	}
 	return false
 }
+
+// onlyIndexed reports whether a header block holds nothing but indexed
+// header field representations (RFC 7541 section 6.1: a 1 bit, then the
+// index as a 7-bit prefix integer). Such a block neither inserts into nor
+// resizes the dynamic table (sections 4.4, 6.3 need the other
+// representations).
+func onlyIndexed(blk []byte) bool {
+	for len(blk) > 0 {
+		if blk[0]&0x80 == 0 {
+			return false
+		}
+		var err error
+		if _, blk, err = readInt(7, blk); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+const (
+	// memoSlots: a connection's steady state repeats a request block in
+	// one direction, a response headers block and a trailers block in the
+	// other.
+	memoSlots = 4
+	// memoMaxBlock bounds the blocks remembered: indexed representations
+	// take one or two bytes each.
+	memoMaxBlock = 64
+)
+
+// blockMemo remembers the fields that recent header blocks of only indexed
+// representations decoded to. Decoding such a block again against the same
+// dynamic table gives the same fields and changes nothing, so the decoder
+// is skipped. gen numbers the states of the table: anything that may
+// change it (any other block, a new decoder) moves gen on, which forgets
+// every slot.
+type blockMemo struct {
+	gen   uint64
+	next  int
+	slots [memoSlots]memoSlot
+	// off disables the memo, for tests that compare with and without;
+	// hits counts the blocks it answered.
+	off  bool
+	hits uint64
+}
+
+type memoSlot struct {
+	gen      uint64 // the table state the block was decoded against; 0 when empty
+	n        int
+	key      [memoMaxBlock]byte
+	f        fields
+	listSize uint64
+}
+
+// changed records that the dynamic table may have changed.
+func (m *blockMemo) changed() { m.gen++ }
+
+// find returns the slot holding blk for the current table, or nil.
+func (m *blockMemo) find(blk []byte) *memoSlot {
+	if m.off || len(blk) == 0 || len(blk) > memoMaxBlock {
+		return nil
+	}
+	for i := range m.slots {
+		s := &m.slots[i]
+		if s.gen == m.gen && s.n == len(blk) && string(s.key[:s.n]) == string(blk) {
+			m.hits++
+			return s
+		}
+	}
+	return nil
+}
+
+// store remembers what blk decoded to against the current table.
+func (m *blockMemo) store(blk []byte, f *fields, listSize uint64) {
+	if m.off || len(blk) == 0 || len(blk) > memoMaxBlock {
+		return
+	}
+	s := &m.slots[m.next]
+	m.next = (m.next + 1) % memoSlots
+	s.gen, s.n, s.f, s.listSize = m.gen, copy(s.key[:], blk), *f, listSize
+}
