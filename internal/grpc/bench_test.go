@@ -81,6 +81,9 @@ type steadyCall struct {
 	// idAt lists, per call record, the offsets of the frame headers that
 	// carry the call's stream id.
 	idAt [][]int
+	// firstStream is the index of the first record with a frame on a
+	// stream: where a capture that missed the connection's setup begins.
+	firstStream int
 }
 
 // splitCall finds the records of stream id, from its first frame to the
@@ -89,7 +92,7 @@ type steadyCall struct {
 // headers sit at known offsets, and no other stream may be interleaved.
 func splitCall(tb testing.TB, recs []capfile.Record, id uint32) steadyCall {
 	tb.Helper()
-	first, last := -1, -1
+	first, last, firstStream := -1, -1, -1
 	offs := make([][]int, len(recs))
 	for i, r := range recs {
 		b := r.Data
@@ -108,7 +111,11 @@ func splitCall(tb testing.TB, recs []capfile.Record, id uint32) steadyCall {
 				tb.Fatalf("record %d: frame at %d continues in the next record", i, off)
 			}
 			typ, flags := http2.FrameType(h[3]), http2.Flags(h[4])
-			switch sid := binary.BigEndian.Uint32(h[5:9]) & (1<<31 - 1); {
+			sid := binary.BigEndian.Uint32(h[5:9]) & (1<<31 - 1)
+			if sid != 0 && firstStream < 0 {
+				firstStream = i
+			}
+			switch {
 			case sid == id:
 				if first < 0 {
 					first = i
@@ -127,7 +134,7 @@ func splitCall(tb testing.TB, recs []capfile.Record, id uint32) steadyCall {
 	if first < 0 || last < 0 {
 		tb.Fatalf("stream %d: no complete call", id)
 	}
-	return steadyCall{setup: recs[:first], recs: recs[first : last+1], idAt: offs[first : last+1]}
+	return steadyCall{setup: recs[:first], recs: recs[first : last+1], idAt: offs[first : last+1], firstStream: firstStream}
 }
 
 // BenchmarkParserSteady is the server end of one long-lived connection
@@ -136,46 +143,62 @@ func splitCall(tb testing.TB, recs []capfile.Record, id uint32) steadyCall {
 // frame header (client stream ids are odd and increase, RFC 9113 section
 // 5.1.1); its header blocks reference, and re-insert, what they did the
 // first time, so the HPACK state stays valid. Every pass must report
-// exactly that call again.
+// exactly that call again. "fresh" sees the connection from its preface;
+// "joined" joins it after the SETTINGS exchange, as for a connection open
+// before capture began, so header blocks are decoded against the shadow
+// model of the dynamic tables (RFC 7541 section 2.3.2: the tables are
+// built from what the parser saw since).
 func BenchmarkParserSteady(b *testing.B) {
 	wants := fixtureWants["unary_ok"]
 	w := wants[len(wants)-1]
 	call := splitCall(b, loadFixture(b, "unary_ok"), w.id)
-	setup, recs := serverView(call.setup), serverView(call.recs)
-	var got, bad int
-	det := NewDetector(Options{}, func(_ *stream.ConnInfo, c *Call) {
-		got++
-		if c.Method != w.method || c.GRPCStatus != w.status || c.EndReason != w.end ||
-			c.ReqMessages != w.req || c.RespMessages != w.resp || c.Lost || c.Partial {
-			bad++
+	for _, joined := range []bool{false, true} {
+		name, setup, conn := "fresh", serverView(call.setup), serverConn()
+		if joined {
+			name, setup = "joined", setup[call.firstStream:]
+			conn.Preexisting = true
 		}
-	})
-	p := det.NewParser(serverConn())
-	ts := uint64(0)
-	for _, r := range setup {
-		p.Data(r.Dir, r.Time, r.Data, 0)
-		ts = r.Time
-	}
-	id := w.id
-	frames0 := det.Stats().Get(CounterFrames)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		id += 2
-		got = 0
-		for k, r := range recs {
-			for _, off := range call.idAt[k] {
-				binary.BigEndian.PutUint32(r.Data[off+5:off+frameHeaderLen], id)
+		b.Run(name, func(b *testing.B) {
+			recs := serverView(call.recs)
+			var got, bad int
+			det := NewDetector(Options{}, func(_ *stream.ConnInfo, c *Call) {
+				got++
+				if c.Method != w.method || c.GRPCStatus != w.status || c.EndReason != w.end ||
+					c.ReqMessages != w.req || c.RespMessages != w.resp || c.Lost || c.Partial {
+					bad++
+				}
+			})
+			p := det.NewParser(conn)
+			ts := uint64(0)
+			for _, r := range setup {
+				p.Data(r.Dir, r.Time, r.Data, 0)
+				ts = r.Time
 			}
-			ts += 1000
-			p.Data(r.Dir, ts, r.Data, 0)
-		}
-		if got != 1 || bad != 0 {
-			b.Fatalf("stream %d: %d calls (%d not %s as recorded), want 1", id, got, bad, w.method)
-		}
+			if joined && p.dirs[0].hp.trusted {
+				b.Fatal("joined mid-connection, yet the table is trusted")
+			}
+			id := w.id
+			frames0 := det.Stats().Get(CounterFrames)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				id += 2
+				got = 0
+				for k, r := range recs {
+					for _, off := range call.idAt[k] {
+						binary.BigEndian.PutUint32(r.Data[off+5:off+frameHeaderLen], id)
+					}
+					ts += 1000
+					p.Data(r.Dir, ts, r.Data, 0)
+				}
+				if got != 1 || bad != 0 {
+					b.Fatalf("stream %d: %d calls (%d not %s as recorded), want 1", id, got, bad, w.method)
+				}
+			}
+			b.StopTimer()
+			frames := float64(det.Stats().Get(CounterFrames) - frames0)
+			b.ReportMetric(frames/b.Elapsed().Seconds(), "frames/s")
+			b.ReportMetric(frames/float64(b.N), "frames/op")
+		})
 	}
-	b.StopTimer()
-	frames := float64(det.Stats().Get(CounterFrames) - frames0)
-	b.ReportMetric(frames/b.Elapsed().Seconds(), "frames/s")
-	b.ReportMetric(frames/float64(b.N), "frames/op")
 }
