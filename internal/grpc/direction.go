@@ -20,9 +20,9 @@ type hpackDir struct {
 	// table size update the encoder may send (RFC 7541 section 6.3).
 	allowed uint32
 	sh      shadow
-	memo    blockMemo // only used while trusted
-	blk     []byte    // header block assembled across CONTINUATION frames
-	blkOver bool      // the block outgrew Options.MaxHeaderBlock
+	memo    blockMemo
+	blk     []byte // header block assembled across CONTINUATION frames
+	blkOver bool   // the block outgrew Options.MaxHeaderBlock
 }
 
 // dirState parses the frames one endpoint sent.
@@ -734,26 +734,31 @@ func (d *dirState) fragment(frag []byte, last bool) {
 }
 
 // decodeBlock decodes a complete header block with x/net's decoder, or
-// against the shadow model while the table is not trusted.
+// against the shadow model while the table is not trusted. A block of only
+// indexed fields that decoded before against the same table (or model)
+// decodes to the same fields again (RFC 7541 section 6.1) and leaves the
+// table as it is: what it gave is taken from the memo instead.
 func (d *dirState) decodeBlock(blk []byte) {
 	p := d.p
-	if d.hp.trusted {
-		b := &d.blk
-		// A block of indexed fields that decoded before against the same
-		// table decodes to the same fields (RFC 7541 section 6.1) and
-		// leaves the table as it is; the fields only matter for a tracked
-		// stream.
-		indexed := onlyIndexed(blk)
-		if indexed {
-			if m := d.hp.memo.find(blk); m != nil {
-				if b.s != nil {
-					b.f, b.listSize = m.f, m.listSize
-				}
-				return
+	b := &d.blk
+	// The Decoder hands over the fields of tracked streams only
+	// (beginBlock); the shadow model hands over every field.
+	emits := !d.hp.trusted || b.s != nil
+	indexed := onlyIndexed(blk)
+	switch {
+	case !indexed:
+		d.hp.memo.changed()
+	case !d.hp.trusted && d.hp.sh.exact():
+		// Decoded below so that the exact model is trusted again.
+	default:
+		if m := d.hp.memo.find(blk); m != nil {
+			if emits {
+				b.f, b.listSize = m.f, m.listSize
 			}
-		} else {
-			d.hp.memo.changed()
+			return
 		}
+	}
+	if d.hp.trusted {
 		_, err := d.hp.dec.Write(blk)
 		if err == nil {
 			err = d.hp.dec.Close()
@@ -762,22 +767,24 @@ func (d *dirState) decodeBlock(blk []byte) {
 			d.blockFailed(true)
 			return
 		}
-		if indexed && b.s != nil && !b.over && !b.unknown {
-			// Every field was seen, none past MaxHeaderListSize.
-			d.hp.memo.store(blk, &b.f, b.listSize)
+	} else {
+		refs, err := d.hp.sh.decode(blk, p.opts.MaxStringLen, d.fieldFn)
+		p.c[CounterHPACKUnknownRefs] += uint64(refs)
+		if refs > 0 {
+			b.unknown = true
 		}
-		return
+		switch {
+		case err != nil:
+			d.blockFailed(true)
+			return
+		case d.hp.sh.exact():
+			d.retrust()
+			return
+		}
 	}
-	refs, err := d.hp.sh.decode(blk, p.opts.MaxStringLen, d.fieldFn)
-	p.c[CounterHPACKUnknownRefs] += uint64(refs)
-	if refs > 0 {
-		d.blk.unknown = true
-	}
-	switch {
-	case err != nil:
-		d.blockFailed(true)
-	case d.hp.sh.exact():
-		d.retrust()
+	if indexed && emits && !b.over && !b.unknown {
+		// Every field was known and seen, none past MaxHeaderListSize.
+		d.hp.memo.store(blk, &b.f, b.listSize)
 	}
 }
 

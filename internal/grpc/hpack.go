@@ -408,10 +408,10 @@ const (
 
 // blockMemo remembers the fields that recent header blocks of only indexed
 // representations decoded to. Decoding such a block again against the same
-// dynamic table gives the same fields and changes nothing, so the decoder
-// is skipped. gen numbers the states of the table: anything that may
-// change it (any other block, a new decoder) moves gen on, which forgets
-// every slot.
+// dynamic table (or shadow model) gives the same fields and changes
+// nothing, so decoding is skipped. gen numbers the states of the table:
+// anything that may change it (any other block, a new decoder or model)
+// moves gen on, which forgets every slot.
 type blockMemo struct {
 	gen   uint64
 	next  int
@@ -423,8 +423,8 @@ type blockMemo struct {
 }
 
 type memoSlot struct {
-	gen      uint64 // the table state the block was decoded against; 0 when empty
-	n        int
+	gen      uint64 // the table state the block was decoded against
+	n        int    // key length; 0 when empty
 	key      [memoMaxBlock]byte
 	f        fields
 	listSize uint64

@@ -13,16 +13,17 @@ import (
 )
 
 // replayMemo replays recs into a fresh parser, with or without the memo of
-// indexed header blocks, and returns the calls, the counters and the
-// memo's hits.
-func replayMemo(recs []capfile.Record, conn *stream.ConnInfo, memo bool) ([]Call, map[string]uint64, uint64) {
+// indexed header blocks, and returns the calls, the counters, the memo's
+// hits and whether a direction's table was trusted at the end.
+func replayMemo(recs []capfile.Record, conn *stream.ConnInfo, memo bool) ([]Call, map[string]uint64, uint64, bool) {
 	det, col := newTestDetector(Options{})
 	p := det.NewParser(conn)
 	for i := range p.dirs {
 		p.dirs[i].hp.memo.off = !memo
 	}
 	capfile.Replay(p, recs)
-	return col.calls, statsMap(det.Stats()), p.dirs[0].hp.memo.hits + p.dirs[1].hp.memo.hits
+	trusted := p.dirs[0].hp.trusted || p.dirs[1].hp.trusted
+	return col.calls, statsMap(det.Stats()), p.dirs[0].hp.memo.hits + p.dirs[1].hp.memo.hits, trusted
 }
 
 // The memo only skips work: every recording, from either end, joined mid
@@ -59,8 +60,8 @@ func TestBlockMemoChangesNothing(t *testing.T) {
 		variants["junk"], variants["lossy"] = junk, lossy
 		for vname, recs := range variants {
 			for _, conn := range []*stream.ConnInfo{clientConn(), {Role: stream.RoleUnknown, Preexisting: true}} {
-				c1, s1, h := replayMemo(recs, conn, true)
-				c0, s0, _ := replayMemo(recs, conn, false)
+				c1, s1, h, _ := replayMemo(recs, conn, true)
+				c0, s0, _, _ := replayMemo(recs, conn, false)
 				hits += h
 				if !reflect.DeepEqual(c1, c0) || !reflect.DeepEqual(s1, s0) {
 					t.Errorf("%s/%s preexisting=%v: with the memo\n%+v\n%v\nwithout\n%+v\n%v", name, vname, conn.Preexisting, c1, s1, c0, s0)
@@ -89,10 +90,7 @@ func TestBlockMemoTableChange(t *testing.T) {
 		}
 		return b
 	}
-	blocks := []struct {
-		blk    []byte
-		method string // "" when the stream is not a gRPC call
-	}{
+	blocks := []memoBlock{
 		// Table after: 62 :path /pkg.Svc/A, 63 content-type.
 		{cat([]byte{post, http}, lit(31, "application/grpc"), lit(4, "/pkg.Svc/A")), "pkg.Svc/A"},
 		{[]byte{post, http, 0x80 | 63, 0x80 | 62}, "pkg.Svc/A"},
@@ -115,20 +113,44 @@ func TestBlockMemoTableChange(t *testing.T) {
 		})
 		s.response(id, 0)
 	}
-	for _, memo := range []bool{true, false} {
-		calls, _, _ := replayMemo(s.recs, clientConn(), memo)
-		m := byID(calls)
-		for i, b := range blocks {
-			c, ok := m[uint32(2*i+1)]
-			if b.method == "" {
-				if ok {
-					t.Errorf("memo %v: block %d read as before the table changed: %+v", memo, i, c)
-				}
-				continue
+	// Seen from the preface (x/net's Decoder), and joined after it (the
+	// shadow model, which learns the entries the first block inserts).
+	for _, joined := range []bool{false, true} {
+		for _, memo := range []bool{true, false} {
+			recs, conn := s.recs, clientConn()
+			if joined {
+				recs, conn.Preexisting = s.recs[2:], true
 			}
-			if c.Method != b.method {
-				t.Errorf("memo %v: block %d: method %q, want %q", memo, i, c.Method, b.method)
+			calls, _, hits, trusted := replayMemo(recs, conn, memo)
+			what := fmt.Sprintf("joined %v memo %v", joined, memo)
+			if trusted == joined || (memo && hits == 0) {
+				t.Fatalf("%s: trusted %v, %d memo hits", what, trusted, hits)
 			}
+			checkTableChange(t, what, calls, blocks)
+		}
+	}
+}
+
+// memoBlock is a request header block and the method it must give ("" when
+// the stream is not a gRPC call).
+type memoBlock struct {
+	blk    []byte
+	method string
+}
+
+func checkTableChange(t *testing.T, what string, calls []Call, blocks []memoBlock) {
+	t.Helper()
+	m := byID(calls)
+	for i, b := range blocks {
+		c, ok := m[uint32(2*i+1)]
+		if b.method == "" {
+			if ok {
+				t.Errorf("%s: block %d read as before the table changed: %+v", what, i, c)
+			}
+			continue
+		}
+		if c.Method != b.method {
+			t.Errorf("%s: block %d: method %q, want %q", what, i, c.Method, b.method)
 		}
 	}
 }
