@@ -120,7 +120,7 @@ func TestMapPressureProgramRunMetrics(t *testing.T) {
 	runTime, found := point("ebpf.program.run.time")
 	require.True(t, found)
 	require.Greater(t, runTime.IntValue(), baseTime.IntValue(), "the runs add to the run time (ns)")
-	wantAttrs := map[string]any{"ebpf.program.id": int64(id), "ebpf.program.name": "rcv_test_prog", "ebpf.program.type": ebpf.SocketFilter.String()}
+	wantAttrs := map[string]any{"ebpf.program.id": int64(id), "ebpf.program.name": "rcv_test_prog", "ebpf.program.type": "socket_filter"}
 	require.Equal(t, wantAttrs, count.Attributes().AsRaw())
 	require.Equal(t, wantAttrs, runTime.Attributes().AsRaw())
 	for _, name := range []string{"ebpf.program.run.count", "ebpf.program.run.time"} {

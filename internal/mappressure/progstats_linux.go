@@ -76,9 +76,29 @@ func programStats(id ebpf.ProgramID) (ProgramStats, error) {
 	return ProgramStats{
 		ID:              uint32(id),
 		Name:            info.Name,
-		Type:            info.Type.String(),
+		Type:            ProgramTypeName(info.Type),
 		RunCount:        stats.RunCount,
 		RunTime:         stats.Runtime,
 		RecursionMisses: stats.RecursionMisses,
 	}, nil
+}
+
+// programTypeNames are the kernel's enum bpf_prog_type names without the
+// BPF_PROG_TYPE_ prefix, lower case, as bpftool prints them (and as map
+// types are reported), rather than cilium/ebpf's Go names.
+var programTypeNames = [...]string{
+	"unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp", "perf_event",
+	"cgroup_skb", "cgroup_sock", "lwt_in", "lwt_out", "lwt_xmit", "sock_ops", "sk_skb", "cgroup_device",
+	"sk_msg", "raw_tracepoint", "cgroup_sock_addr", "lwt_seg6local", "lirc_mode2", "sk_reuseport",
+	"flow_dissector", "cgroup_sysctl", "raw_tracepoint_writable", "cgroup_sockopt", "tracing",
+	"struct_ops", "ext", "lsm", "sk_lookup", "syscall", "netfilter",
+}
+
+// ProgramTypeName is the kernel's name of a program type, "unknown(N)" for
+// one newer than this table.
+func ProgramTypeName(t ebpf.ProgramType) string {
+	if int(t) < len(programTypeNames) {
+		return programTypeNames[t]
+	}
+	return fmt.Sprintf("unknown(%d)", uint32(t))
 }

@@ -47,8 +47,8 @@ func TestProgramStats(t *testing.T) {
 		t.Fatalf("%d programs sampled, want only ours", len(got))
 	}
 	p := got[0]
-	if p.ID != uint32(ourID) || p.Name != "mp_rb_writer" || p.Type != ebpf.SocketFilter.String() {
-		t.Errorf("sampled %+v, want id %d mp_rb_writer SocketFilter", p, ourID)
+	if p.ID != uint32(ourID) || p.Name != "mp_rb_writer" || p.Type != "socket_filter" {
+		t.Errorf("sampled %+v, want id %d mp_rb_writer socket_filter", p, ourID)
 	}
 	if p.RunCount != base[0].RunCount+runs || p.RunTime <= 0 {
 		t.Errorf("run count %d run time %v, want %d runs and a positive time", p.RunCount, p.RunTime, runs)
@@ -68,5 +68,20 @@ func TestProgramStats(t *testing.T) {
 	}
 	if len(after) != 1 || after[0].RunCount != runs {
 		t.Fatalf("after Close: %+v, want run count to stay %d", after, runs)
+	}
+}
+
+// The table follows the kernel's enum bpf_prog_type: spot checks against
+// cilium/ebpf's constants, which carry the same numbers.
+func TestProgramTypeName(t *testing.T) {
+	for typ, want := range map[ebpf.ProgramType]string{
+		ebpf.SocketFilter: "socket_filter", ebpf.Kprobe: "kprobe", ebpf.SchedCLS: "sched_cls", ebpf.TracePoint: "tracepoint",
+		ebpf.XDP: "xdp", ebpf.CGroupSKB: "cgroup_skb", ebpf.RawTracepoint: "raw_tracepoint", ebpf.Tracing: "tracing",
+		ebpf.StructOps: "struct_ops", ebpf.LSM: "lsm", ebpf.SkLookup: "sk_lookup", ebpf.Syscall: "syscall", ebpf.Netfilter: "netfilter",
+		ebpf.ProgramType(200): "unknown(200)",
+	} {
+		if got := ProgramTypeName(typ); got != want {
+			t.Errorf("ProgramTypeName(%v) = %q, want %q", typ, got, want)
+		}
 	}
 }
