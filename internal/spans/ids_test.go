@@ -8,10 +8,9 @@ import (
 	"github.com/ebpfotel/ebpfreceiver/internal/stream"
 )
 
-// The id input is built without fmt; it must stay byte for byte what
-// fmt.Sprintf("%s|%s|%s|%s|%d|%d") of the endpoints' String() gave, or
-// the ids of a connection's two ends (or of two receiver versions) would
-// stop matching.
+// The id key input is built without fmt; it must stay byte for byte what
+// fmt.Sprintf("%s|%s|%s|%s|%d") of the endpoints' String() gives, so that
+// the ids of a connection's two ends (and of two receiver versions) match.
 func TestIDInputMatchesFormat(t *testing.T) {
 	aps := []netip.AddrPort{
 		netip.MustParseAddrPort("127.0.0.1:5432"),
@@ -38,8 +37,8 @@ func TestIDInputMatchesFormat(t *testing.T) {
 		case c.Role == stream.RoleServer:
 			client, server = server, client
 		}
-		want := fmt.Sprintf("%s|%s|%s|%s|%d|%d", "grpc", c.Transport, client, server, c.Nonce, uint64(1<<64-1))
-		got := string(appendIDInput(nil, "grpc", &c, 1<<64-1))
+		want := fmt.Sprintf("%s|%s|%s|%s|%d", "grpc", c.Transport, client, server, c.Nonce)
+		got := string(appendIDInput(nil, "grpc", &c))
 		if got != want {
 			t.Errorf("id input %q, want %q", got, want)
 		}

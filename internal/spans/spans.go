@@ -47,6 +47,14 @@ type Builder struct {
 	// prepared statement runs the same text again and again).
 	addrs     map[netip.Addr]string
 	sanitized map[sanitizeKey]sqlsan.Result
+	// idKeys holds, per connection (stream.ConnInfo.ID) and protocol, the
+	// digest its span ids are derived from (see ids).
+	idKeys map[idKeyRef][32]byte
+}
+
+type idKeyRef struct {
+	conn  uint64
+	proto string
 }
 
 // Bounds of the builder's caches; a full cache is cleared.
@@ -56,6 +64,7 @@ const (
 	// sanitizeCacheText: longer texts are sanitized every time rather than
 	// kept (the cache holds at most 256 KiB of query text).
 	sanitizeCacheText = 1024
+	idKeyCacheSize    = 4096
 )
 
 // spanAttrsCap is room for the attributes of a typical span (about 15).
@@ -105,6 +114,7 @@ func NewBuilder(opts Options) *Builder {
 	b := &Builder{
 		opts: opts, rnd: rand.NewChaCha8(seed),
 		addrs: make(map[netip.Addr]string), sanitized: make(map[sanitizeKey]sqlsan.Result),
+		idKeys: make(map[idKeyRef][32]byte),
 	}
 	b.reset()
 	return b
@@ -180,8 +190,10 @@ type Link struct {
 
 // ids gives a request's trace id and the span ids of its client and server
 // spans. When the connection's nonce is known both ends derive the same ids
-// from (protocol, client endpoint, server endpoint, nonce, ordinal) without
-// talking to each other; otherwise the ids are random.
+// without talking to each other: SHA-256 of the connection's key and the
+// ordinal, where the key is SHA-256 of (protocol, transport, client
+// endpoint, server endpoint, nonce), the same at both ends and computed once
+// per connection. Otherwise the ids are random.
 func (b *Builder) ids(proto string, conn *stream.ConnInfo, ordinal uint64) (pcommon.TraceID, pcommon.SpanID, pcommon.SpanID) {
 	var trace pcommon.TraceID
 	var client, server pcommon.SpanID
@@ -195,28 +207,39 @@ func (b *Builder) ids(proto string, conn *stream.ConnInfo, ordinal uint64) (pcom
 		copy(server[:], buf[24:32])
 		return trace, client, server
 	}
-	var buf [192]byte
-	sum := sha256.Sum256(appendIDInput(buf[:0], proto, conn, ordinal))
+	ref := idKeyRef{conn.ID, proto}
+	key, ok := b.idKeys[ref]
+	if !ok {
+		var buf [192]byte
+		key = sha256.Sum256(appendIDInput(buf[:0], proto, conn))
+		if len(b.idKeys) >= idKeyCacheSize {
+			clear(b.idKeys)
+		}
+		b.idKeys[ref] = key
+	}
+	// 40 bytes: one SHA-256 block.
+	var in [40]byte
+	copy(in[:], key[:])
+	binary.BigEndian.PutUint64(in[32:], ordinal)
+	sum := sha256.Sum256(in[:])
 	copy(trace[:], sum[:16])
 	copy(client[:], sum[16:24])
 	copy(server[:], sum[24:32])
 	return trace, client, server
 }
 
-// appendIDInput appends what the ids are hashed from: the bytes of
-// fmt.Sprintf("%s|%s|%s|%s|%d|%d", proto, transport, client end, server
-// end, nonce, ordinal), built without fmt (this runs once per span; with a
-// stack buffer it allocates nothing).
-func appendIDInput(b []byte, proto string, conn *stream.ConnInfo, ordinal uint64) []byte {
+// appendIDInput appends what a connection's id key is hashed from: the
+// bytes of fmt.Sprintf("%s|%s|%s|%s|%d", proto, transport, client end,
+// server end, nonce), built without fmt (with a stack buffer it allocates
+// nothing).
+func appendIDInput(b []byte, proto string, conn *stream.ConnInfo) []byte {
 	b = append(b, proto...)
 	b = append(b, '|')
 	b = append(b, conn.Transport...)
 	b = append(b, '|')
 	b = appendEndpoints(b, conn)
 	b = append(b, '|')
-	b = strconv.AppendUint(b, conn.Nonce, 10)
-	b = append(b, '|')
-	return strconv.AppendUint(b, ordinal, 10)
+	return strconv.AppendUint(b, conn.Nonce, 10)
 }
 
 // appendEndpoints appends "client|server": the connection's ends, client
