@@ -83,11 +83,13 @@ func (r *Results) markdown() string {
 		for _, w := range r.Workloads {
 			p("| %s | %.1f | %s | %s |\n", w.Name, w.PeakHWMMB, kv(w.Drops), kv(w.LostBytes))
 		}
-		var starts, stops []float64
+		var starts, settles, settleCPU, stops []float64
 		for _, ss := range r.Sessions {
 			starts, stops = append(starts, ss.StartSec), append(stops, ss.StopSec)
+			settles, settleCPU = append(settles, ss.SettleSec), append(settleCPU, ss.SettleCPU)
 		}
-		p("\nCollector sessions (one per pair): start (exec to the first self-metrics on the endpoint) %s s, stop (SIGTERM to exit: detaching the programs) %s s.\n", fmtS(summarize(starts), "%.1f"), fmtS(summarize(stops), "%.1f"))
+		p("\nCollector sessions (one per pair): start (exec to the first self-metrics on the endpoint) %s s, then start-up work until the collector went idle (under %.0f %% of a core over %s; the B runs start after it) %s s using %s s of CPU, stop (SIGTERM to exit: detaching the programs) %s s.\n",
+			fmtS(summarize(starts), "%.1f"), settleIdle*100, settleWindow, fmtS(summarize(settles), "%.1f"), fmtS(summarize(settleCPU), "%.2f"), fmtS(summarize(stops), "%.1f"))
 		p("\n`capture_cap` counts syscalls larger than `limits.capture_bytes` (captured head and tail by design); every other reason is a loss.\n\n")
 		p("<details><summary>Every run</summary>\n\n| workload | pair | mode | s | throughput | stalled s | avg µs | p99 µs | server CPU s | client CPU s | collector CPU s (cgroup / stat) | records | spans | HWM MB | host busy cores |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, w := range r.Workloads {

@@ -142,8 +142,12 @@ func newResults(o *options) *Results {
 type Session struct {
 	Pair     int     `json:"pair"`
 	StartSec float64 `json:"start_s"`
-	StopSec  float64 `json:"stop_s"`
-	VmHWMKB  int64   `json:"vm_hwm_kb"`
+	// SettleSec, SettleCPU: after ready, until the collector went idle,
+	// and its CPU seconds meanwhile (start-up work).
+	SettleSec float64 `json:"settle_s"`
+	SettleCPU float64 `json:"settle_cpu_s"`
+	StopSec   float64 `json:"stop_s"`
+	VmHWMKB   int64   `json:"vm_hwm_kb"`
 }
 
 // Commands are recorded as they first run.

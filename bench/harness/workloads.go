@@ -288,8 +288,9 @@ func runBlock(ctx context.Context, e *env, ws []*workload, mode string, pair int
 	if c != nil {
 		t := time.Now()
 		c.stop()
-		e.res.Sessions = append(e.res.Sessions, Session{Pair: pair, StartSec: c.StartSec, StopSec: time.Since(t).Seconds(), VmHWMKB: c.lastHWM})
-		logf("collector session of pair %d: start %.1f s, stop %.1f s", pair, c.StartSec, time.Since(t).Seconds())
+		e.res.Sessions = append(e.res.Sessions, Session{Pair: pair, StartSec: c.StartSec, SettleSec: c.SettleSec, SettleCPU: c.SettleCPU,
+			StopSec: time.Since(t).Seconds(), VmHWMKB: c.lastHWM})
+		logf("collector session of pair %d: start %.1f s, settled after %.1f s more (%.2f s of CPU), stop %.1f s", pair, c.StartSec, c.SettleSec, c.SettleCPU, time.Since(t).Seconds())
 	}
 	return nil
 }
