@@ -73,12 +73,6 @@ func (p *procBits) clear(tgid uint32) {
 	}
 }
 
-// marked reports tgid's bit.
-func (p *procBits) marked(tgid uint32) bool {
-	w, bit := p.word(tgid)
-	return w == nil || atomic.LoadUint64(w)&bit != 0
-}
-
 func (p *procBits) close() error {
 	if p == nil || p.mem == nil {
 		return nil
