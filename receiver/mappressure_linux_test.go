@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer/consumertest"
@@ -21,6 +20,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/bpfprog"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
 	"github.com/ebpfotel/ebpfreceiver/receiver/internal/metadata"
 )
@@ -191,7 +191,7 @@ func TestMapPressureRingBufferGauges(t *testing.T) {
 	// 13 payload bytes + the 8-byte header = 21, rounded up to 24. Nobody
 	// consumes, so producer_pos - consumer_pos = runs * 24.
 	const runs, payload, recBytes = 100, 13, 24
-	writer := ringbufWriter(t, rb, payload)
+	writer := bpfprog.RingbufWriter(t, "rcv_rb_writer", rb, payload)
 	_, err = writer.Run(&ebpf.RunOptions{Data: make([]byte, 14), Repeat: runs})
 	require.NoError(t, err)
 
@@ -225,36 +225,6 @@ func TestMapPressureRingBufferGauges(t *testing.T) {
 	_, found, batch := mapPoint(sink, "ebpf.map.entries", id)
 	require.True(t, batch)
 	require.False(t, found, "a ring buffer reports no ebpf.map.entries")
-}
-
-// ringbufWriter loads a socket filter that copies size bytes of its stack
-// into rb with bpf_ringbuf_output on every run (as internal/mappressure's
-// sampler test does).
-func ringbufWriter(t testing.TB, rb *ebpf.Map, size int32) *ebpf.Program {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:    "rcv_rb_writer",
-		Type:    ebpf.SocketFilter,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			// The verifier wants the 16 bytes of stack initialised.
-			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -8, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -12, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -16, 0, asm.Word),
-			asm.LoadMapPtr(asm.R1, rb.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -16),
-			asm.Mov.Imm(asm.R3, size),
-			asm.Mov.Imm(asm.R4, 0),
-			asm.FnRingbufOutput.Call(),
-			asm.Mov.Imm(asm.R0, 0),
-			asm.Return(),
-		},
-	})
-	require.NoError(t, err, "loading the ring buffer writer")
-	t.Cleanup(func() { prog.Close() })
-	return prog
 }
 
 // kernelAtLeast reports whether the running kernel is major.minor or newer.

@@ -5,6 +5,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/bpfprog"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
 )
 
@@ -15,7 +16,7 @@ func TestProgramStats(t *testing.T) {
 	privileged.Require(t)
 	own := newOwnMaps(t)
 	rb, _ := own.create(&ebpf.MapSpec{Type: ebpf.RingBuf, MaxEntries: 4096})
-	prog := ringbufWriter(t, rb, 1)
+	prog := bpfprog.RingbufWriter(t, "mp_rb_writer", rb, 1)
 	info, err := prog.Info()
 	if err != nil {
 		t.Fatal(err)
@@ -26,7 +27,7 @@ func TestProgramStats(t *testing.T) {
 	// Runs before enabling tell whether anybody else on the host holds
 	// kernel-wide stats on (the kernel counts enablers; the sysctl
 	// kernel.bpf_stats_enabled only shows its own setting).
-	runN(t, prog, 10)
+	bpfprog.Run(t, prog, 10)
 	base, err := sampleProgramStats(nil, ours)
 	if err != nil || len(base) != 1 {
 		t.Fatalf("sampling our program: %v, %d programs", err, len(base))
@@ -36,7 +37,7 @@ func TestProgramStats(t *testing.T) {
 	stats, err := EnableProgramStats()
 	checkFeatureErr(t, err, "BPF_ENABLE_STATS", 5, 8)
 	const runs = 50
-	runN(t, prog, runs)
+	bpfprog.Run(t, prog, runs)
 	got, err := sampleProgramStats(nil, ours)
 	if err != nil {
 		stats.Close()
@@ -61,7 +62,7 @@ func TestProgramStats(t *testing.T) {
 		t.Log("BPF stats were already on before this test: the kernel keeps counting for their holder, so the off check is left out")
 		return
 	}
-	runN(t, prog, 10)
+	bpfprog.Run(t, prog, 10)
 	after, err := sampleProgramStats(nil, ours)
 	if err != nil {
 		t.Fatal(err)

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/bpfprog"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
 )
 
@@ -99,46 +99,6 @@ func samplesByID(t testing.TB, s *Sampler) map[uint32]MapSample {
 		byID[sm.ID] = sm
 	}
 	return byID
-}
-
-// ringbufWriter loads a socket filter that copies size bytes of its stack
-// into rb with bpf_ringbuf_output on every run.
-func ringbufWriter(t testing.TB, rb *ebpf.Map, size int32) *ebpf.Program {
-	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Name:    "mp_rb_writer",
-		Type:    ebpf.SocketFilter,
-		License: "GPL",
-		Instructions: asm.Instructions{
-			// The verifier wants the 16 bytes of stack initialised.
-			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -8, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -12, 0, asm.Word),
-			asm.StoreImm(asm.RFP, -16, 0, asm.Word),
-			asm.LoadMapPtr(asm.R1, rb.FD()),
-			asm.Mov.Reg(asm.R2, asm.RFP),
-			asm.Add.Imm(asm.R2, -16),
-			asm.Mov.Imm(asm.R3, size),
-			asm.Mov.Imm(asm.R4, 0),
-			asm.FnRingbufOutput.Call(),
-			asm.Mov.Imm(asm.R0, 0),
-			asm.Return(),
-		},
-	})
-	if err != nil {
-		t.Fatalf("loading ring buffer writer: %v", err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	return prog
-}
-
-// runN runs a socket filter n times on a minimal packet; the kernel's test
-// run needs at least an Ethernet header (14 bytes).
-func runN(t testing.TB, prog *ebpf.Program, n uint32) {
-	t.Helper()
-	if _, err := prog.Run(&ebpf.RunOptions{Data: make([]byte, 14), Repeat: n}); err != nil {
-		t.Fatalf("running %v: %v", prog, err)
-	}
 }
 
 // connFD returns the fd of an established TCP connection over loopback:
@@ -316,7 +276,7 @@ func TestSamplerOwnMaps(t *testing.T) {
 	// bpf_ringbuf_output reserves round_up(len + BPF_RINGBUF_HDR_SZ, 8):
 	// 13 payload bytes + 8 header bytes = 21, rounded up to 24.
 	const runs, payload, recBytes = 100, 13, 24
-	runN(t, ringbufWriter(t, rb, payload), runs)
+	bpfprog.Run(t, bpfprog.RingbufWriter(t, "mp_rb_writer", rb, payload), runs)
 	_, urbID := own.create(&ebpf.MapSpec{Name: "mp_uring", Type: ebpf.UserRingbuf, MaxEntries: 4096})
 
 	s, err := newSampler(DefaultOptions(), seams{allowOpen: own.allow})
@@ -403,7 +363,7 @@ func TestSamplerOwnMaps(t *testing.T) {
 
 	// A second fill adds to the producer position; a reader that consumes
 	// every record moves the consumer position up to it.
-	runN(t, ringbufWriter(t, rb, payload), runs)
+	bpfprog.Run(t, bpfprog.RingbufWriter(t, "mp_rb_writer", rb, payload), runs)
 	if sm := samplesByID(t, s)[rbID]; sm.RingbufUsed != 2*runs*recBytes {
 		t.Errorf("ring buffer after second fill: used %d, want %d", sm.RingbufUsed, 2*runs*recBytes)
 	}
@@ -838,7 +798,7 @@ func TestSamplerKernelWithoutStructs(t *testing.T) {
 	hash, hashID := own.create(&ebpf.MapSpec{Name: "mp_core_hash", Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 20})
 	putN(t, hash, 10)
 	rb, rbID := own.create(&ebpf.MapSpec{Name: "mp_core_ring", Type: ebpf.RingBuf, MaxEntries: 4096})
-	runN(t, ringbufWriter(t, rb, 8), 3)
+	bpfprog.Run(t, bpfprog.RingbufWriter(t, "mp_rb_writer", rb, 8), 3)
 	lpm, lpmID := own.create(&ebpf.MapSpec{Name: "mp_core_lpm", Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 4, MaxEntries: 4, Flags: flagNoPrealloc})
 	if err := lpm.Put(lpmKey{8, [4]byte{10}}, uint32(1)); err != nil {
 		t.Fatal(err)
