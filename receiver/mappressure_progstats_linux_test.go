@@ -155,21 +155,9 @@ func TestMapPressureProgramRunMetrics(t *testing.T) {
 // findMetric returns metric name from the newest batch that has it.
 func findMetric(t testing.TB, sink *consumertest.MetricsSink, name string) pmetric.Metric {
 	t.Helper()
-	all := sink.AllMetrics()
-	for i := len(all) - 1; i >= 0; i-- {
-		rms := all[i].ResourceMetrics()
-		for r := 0; r < rms.Len(); r++ {
-			sms := rms.At(r).ScopeMetrics()
-			for s := 0; s < sms.Len(); s++ {
-				ms := sms.At(s).Metrics()
-				for m := 0; m < ms.Len(); m++ {
-					if ms.At(m).Name() == name {
-						return ms.At(m)
-					}
-				}
-			}
-		}
+	m, ok := newestMetric(sink, name)
+	if !ok {
+		t.Fatalf("no batch holds %s", name)
 	}
-	t.Fatalf("no batch holds %s", name)
-	return pmetric.NewMetric()
+	return m
 }

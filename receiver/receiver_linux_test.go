@@ -99,9 +99,8 @@ func echoServer(t *testing.T, size int) net.Listener {
 	return ln
 }
 
-// sumOf returns the value of a sum or gauge metric in the newest batch,
-// summed over data points that match attrs.
-func latest(sink *consumertest.MetricsSink, name string, reason string) (int64, bool) {
+// newestMetric returns metric name from the newest batch that has it.
+func newestMetric(sink *consumertest.MetricsSink, name string) (pmetric.Metric, bool) {
 	all := sink.AllMetrics()
 	for i := len(all) - 1; i >= 0; i-- {
 		rms := all[i].ResourceMetrics()
@@ -110,28 +109,47 @@ func latest(sink *consumertest.MetricsSink, name string, reason string) (int64, 
 			for s := 0; s < sms.Len(); s++ {
 				ms := sms.At(s).Metrics()
 				for m := 0; m < ms.Len(); m++ {
-					if ms.At(m).Name() != name {
-						continue
+					if ms.At(m).Name() == name {
+						return ms.At(m), true
 					}
-					var dps pmetric.NumberDataPointSlice
-					if ms.At(m).Type() == pmetric.MetricTypeSum {
-						dps = ms.At(m).Sum().DataPoints()
-					} else {
-						dps = ms.At(m).Gauge().DataPoints()
-					}
-					var total int64
-					for d := 0; d < dps.Len(); d++ {
-						if v, ok := dps.At(d).Attributes().Get("reason"); reason != "" && (!ok || v.Str() != reason) {
-							continue
-						}
-						total += dps.At(d).IntValue()
-					}
-					return total, true
 				}
 			}
 		}
 	}
-	return 0, false
+	return pmetric.Metric{}, false
+}
+
+// sumPoints sums the integer data points of a sum or gauge whose attributes
+// include attrs.
+func sumPoints(m pmetric.Metric, attrs map[string]string) int64 {
+	var dps pmetric.NumberDataPointSlice
+	if m.Type() == pmetric.MetricTypeSum {
+		dps = m.Sum().DataPoints()
+	} else {
+		dps = m.Gauge().DataPoints()
+	}
+	var total int64
+	for d := 0; d < dps.Len(); d++ {
+		match := true
+		for k, want := range attrs {
+			v, ok := dps.At(d).Attributes().Get(k)
+			match = match && ok && v.AsString() == want
+		}
+		if match {
+			total += dps.At(d).IntValue()
+		}
+	}
+	return total
+}
+
+// latest returns the value of a sum or gauge metric in the newest batch
+// that has it, summed over the data points of reason ("" for all).
+func latest(sink *consumertest.MetricsSink, name string, reason string) (int64, bool) {
+	var attrs map[string]string
+	if reason != "" {
+		attrs = map[string]string{"reason": reason}
+	}
+	return robMetric(sink, name, attrs)
 }
 
 func TestReceiverCapturesAWatchedProcessAndUnloadsOnShutdown(t *testing.T) {

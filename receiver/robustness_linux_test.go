@@ -25,7 +25,6 @@ import (
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/consumer/consumertest"
-	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/pdata/ptrace"
 	"go.opentelemetry.io/collector/receiver/receivertest"
 	"golang.org/x/net/http2"
@@ -846,40 +845,11 @@ func (r *robRig) metric(name string, attrs map[string]string) (int64, bool) {
 }
 
 func robMetric(sink *consumertest.MetricsSink, name string, attrs map[string]string) (int64, bool) {
-	all := sink.AllMetrics()
-	for i := len(all) - 1; i >= 0; i-- {
-		rms := all[i].ResourceMetrics()
-		for r := 0; r < rms.Len(); r++ {
-			sms := rms.At(r).ScopeMetrics()
-			for s := 0; s < sms.Len(); s++ {
-				ms := sms.At(s).Metrics()
-				for m := 0; m < ms.Len(); m++ {
-					if ms.At(m).Name() != name {
-						continue
-					}
-					var dps pmetric.NumberDataPointSlice
-					if ms.At(m).Type() == pmetric.MetricTypeSum {
-						dps = ms.At(m).Sum().DataPoints()
-					} else {
-						dps = ms.At(m).Gauge().DataPoints()
-					}
-					var total int64
-					for d := 0; d < dps.Len(); d++ {
-						match := true
-						for k, want := range attrs {
-							v, ok := dps.At(d).Attributes().Get(k)
-							match = match && ok && v.AsString() == want
-						}
-						if match {
-							total += dps.At(d).IntValue()
-						}
-					}
-					return total, true
-				}
-			}
-		}
+	m, ok := newestMetric(sink, name)
+	if !ok {
+		return 0, false
 	}
-	return 0, false
+	return sumPoints(m, attrs), true
 }
 
 // await waits until the metric satisfies ok and returns its value.
