@@ -33,7 +33,7 @@ const (
 
 // idlePollMax is the longest the reader sleeps while the ring buffer stays
 // empty: a burst that starts then has this long before it is read, which
-// a ring buffer of the default size holds at some 80 MB/s.
+// the default ring buffer (4 MiB) holds at up to about 40 MB/s.
 const idlePollMax = 100 * time.Millisecond
 
 // tlsScanInterval is how often processes are looked at for TLS libraries
@@ -42,7 +42,7 @@ const idlePollMax = 100 * time.Millisecond
 const tlsScanInterval = 500 * time.Millisecond
 
 // Sink receives raw ring-buffer records (valid only during the call) and a
-// tick whenever the reader was idle for a poll interval.
+// tick at most once per poll interval, between reading passes.
 type Sink interface {
 	Record(raw []byte)
 	Tick(now time.Time)
