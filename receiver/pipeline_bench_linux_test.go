@@ -202,11 +202,25 @@ type pipeline struct {
 	setupSpans uint64
 }
 
-func newPipeline(tb testing.TB, spans bool, check func(ptrace.Span) bool) *pipeline {
+// noSpans configures a pipeline whose parsers run but whose protocols emit
+// no span.
+func noSpans(cfg *Config) { cfg.Postgres.SpanKinds, cfg.GRPC.SpanKinds = nil, nil }
+
+// spansIf is nil (the default configuration) when spans is set, else noSpans.
+func spansIf(spans bool) func(*Config) {
+	if spans {
+		return nil
+	}
+	return noSpans
+}
+
+// newPipeline builds the receiver's tracer and assembler from the default
+// configuration changed by configure (nil: unchanged).
+func newPipeline(tb testing.TB, configure func(*Config), check func(ptrace.Span) bool) *pipeline {
 	tb.Helper()
 	cfg := createDefaultConfig().(*Config)
-	if !spans {
-		cfg.Postgres.SpanKinds, cfg.GRPC.SpanKinds = nil, nil
+	if configure != nil {
+		configure(cfg)
 	}
 	set := receivertest.NewNopSettings(metadata.Type)
 	obs, err := receiverhelper.NewObsReport(receiverhelper.ObsReportSettings{ReceiverID: set.ID, Transport: transport, ReceiverCreateSettings: set})
@@ -313,7 +327,7 @@ func BenchmarkPipelineReplay(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			recs := pipelineRecords(b, tc.protos...)
-			p := newPipeline(b, tc.spans, nil)
+			p := newPipeline(b, spansIf(tc.spans), nil)
 			measure(b, p, len(recs), func() {
 				for _, r := range recs {
 					p.asm.Record(r)
@@ -347,7 +361,7 @@ func BenchmarkPipelineSteady(b *testing.B) {
 			if len(rounds) == 0 {
 				b.Fatal("no Bind rounds in extended.bin")
 			}
-			p := newPipeline(b, spans, nil)
+			p := newPipeline(b, spansIf(spans), nil)
 			// Open the connection (server view) and prepare the statements,
 			// but leave it open.
 			setup := connRecords(recs, 1, true, 40001, 5432, 99)
@@ -524,7 +538,7 @@ func BenchmarkPipelineSteadyGRPC(b *testing.B) {
 					return ok && m.Str() == call.method && sp.Name() == call.method && sp.Kind() == ptrace.SpanKindServer
 				}
 			}
-			p := newPipeline(b, spans, check)
+			p := newPipeline(b, spansIf(spans), check)
 			stats := p.t.rpc.Stats()
 			// Open the connection (server view) and replay the calls before
 			// the repeated one, but leave it open.
