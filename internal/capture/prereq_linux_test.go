@@ -8,7 +8,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
 )
 
 // TestMissingCapabilitiesNamesExactlyWhatLacks: the error lists the
@@ -68,4 +72,20 @@ func TestCheckCapabilitiesReadsEffectiveSet(t *testing.T) {
 		return
 	}
 	require.EqualError(t, got, want.Error(), "CapEff %x", eff)
+}
+
+// A program the verifier really rejects (it returns R0 without setting it)
+// gives the error Start shows: it says the verifier rejected the programs,
+// what to do, and ends with the verifier's own log.
+func TestExplainLoadErrorOnAVerifierRejection(t *testing.T) {
+	privileged.Require(t)
+	_, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bad_exit", Type: ebpf.TracePoint, License: "GPL",
+		Instructions: asm.Instructions{asm.Return()},
+	})
+	require.Error(t, err, "the verifier accepted an exit with R0 unset")
+	msg := explainLoadError(err).Error()
+	require.Contains(t, msg, "the kernel verifier rejected the capture programs")
+	require.Contains(t, msg, "report it with this log")
+	require.Contains(t, msg, "R0 !read_ok", "the verifier's log closes the message")
 }
