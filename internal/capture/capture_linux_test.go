@@ -109,9 +109,17 @@ func (r *recorder) find(match func(*recorded) bool) *recorded {
 // sink feeds records to an assembler from the reader goroutine.
 type sink struct {
 	asm *stream.Assembler
+	h   *harness
 }
 
-func (s *sink) Record(raw []byte) { s.asm.Record(raw) }
+func (s *sink) Record(raw []byte) {
+	if e, _, err := event.Data(raw); err == nil && e.Flags&event.FlagTruncated != 0 {
+		s.h.rec.mu.Lock()
+		s.h.truncated[e.ConnId]++
+		s.h.rec.mu.Unlock()
+	}
+	s.asm.Record(raw)
+}
 func (s *sink) Tick(time.Time)    { s.asm.Tick(MonotonicNow()) }
 
 func testOptions() Options {
@@ -133,6 +141,9 @@ type harness struct {
 	asm  *stream.Assembler
 	rec  *recorder
 	done chan error
+	// truncated counts, per connection id, data records flagged
+	// DATA_FLAG_TRUNCATED (guarded by rec.mu).
+	truncated map[uint64]int
 }
 
 func start(t *testing.T, opts Options, run bool) *harness {
@@ -141,7 +152,7 @@ func start(t *testing.T, opts Options, run bool) *harness {
 	c, err := Open(opts, nil)
 	require.NoError(t, err)
 	rec := newRecorder()
-	h := &harness{cap: c, rec: rec, done: make(chan error, 1)}
+	h := &harness{cap: c, rec: rec, done: make(chan error, 1), truncated: map[uint64]int{}}
 	h.asm = stream.NewAssembler(stream.Config{MaxConnections: 1024, IdleTimeoutNs: uint64(time.Minute)}, []stream.Detector{rec}, nil)
 	if run {
 		h.run()
@@ -156,7 +167,7 @@ func start(t *testing.T, opts Options, run bool) *harness {
 }
 
 func (h *harness) run() {
-	go func() { h.done <- h.cap.Run(&sink{asm: h.asm}) }()
+	go func() { h.done <- h.cap.Run(&sink{asm: h.asm, h: h}) }()
 }
 
 // waitFor polls until cond holds or fails the test after a timeout.
@@ -387,6 +398,8 @@ func TestCaptureLargeWriteIsChunkedHeadAndTail(t *testing.T) {
 	first, last := c.segs[0][0], c.segs[0][len(c.segs[0])-1]
 	require.Equal(t, uint64(0), first.off)
 	require.Equal(t, uint64(len(big)), last.off+uint64(len(last.data)), "the tail of the write is captured")
+	// Every record of a syscall cut by the cap says so (DATA_FLAG_TRUNCATED).
+	require.Positive(t, h.truncated[c.info.ID], "records of the cut write are flagged truncated")
 	cnt, err := h.cap.Counters()
 	require.NoError(t, err)
 	require.Greater(t, cnt[event.CaptureCounterCNT_TRUNCATED], uint64(0))
