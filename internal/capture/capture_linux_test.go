@@ -120,7 +120,8 @@ func (s *sink) Record(raw []byte) {
 	}
 	s.asm.Record(raw)
 }
-func (s *sink) Tick(time.Time)    { s.asm.Tick(MonotonicNow()) }
+
+func (s *sink) Tick(time.Time) { s.asm.Tick(MonotonicNow()) }
 
 func testOptions() Options {
 	return Options{
