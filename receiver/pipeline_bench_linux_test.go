@@ -342,65 +342,99 @@ func BenchmarkPipelineReplay(b *testing.B) {
 // statement prepared once. Stream offsets and times advance as the kernel
 // would write them.
 func BenchmarkPipelineSteady(b *testing.B) {
-	for _, spans := range []bool{true, false} {
-		name := "postgres"
-		if !spans {
-			name = "postgres_nospans"
+	withAndWithoutSpans(b, "postgres", func(b *testing.B, spans bool) {
+		recs, err := capfile.ReadFile(filepath.Join("..", "testdata", "postgres", "extended.bin"))
+		if err != nil {
+			b.Fatal(err)
 		}
-		b.Run(name, func(b *testing.B) {
-			recs, err := capfile.ReadFile(filepath.Join("..", "testdata", "postgres", "extended.bin"))
-			if err != nil {
-				b.Fatal(err)
+		var rounds []capfile.Record
+		for i, r := range recs {
+			if r.Dir == stream.Egress && len(r.Data) > 0 && r.Data[0] == 'B' && i+1 < len(recs) {
+				rounds = append(rounds, r, recs[i+1])
 			}
-			var rounds []capfile.Record
-			for i, r := range recs {
-				if r.Dir == stream.Egress && len(r.Data) > 0 && r.Data[0] == 'B' && i+1 < len(recs) {
-					rounds = append(rounds, r, recs[i+1])
-				}
+		}
+		if len(rounds) == 0 {
+			b.Fatal("no Bind rounds in extended.bin")
+		}
+		p := newPipeline(b, spansIf(spans), nil)
+		// Open the connection (server view) and prepare the statements,
+		// but leave it open.
+		setup := connRecords(recs, 1, true, 40001, 5432, 99)
+		for _, r := range setup[:len(setup)-1] {
+			p.asm.Record(r)
+		}
+		// One record per round trip message, patched in place.
+		rp := newReplay(b, recs, rounds, 5432)
+		measure(b, p, len(rp.raws), func() {
+			for i := range rp.raws {
+				p.asm.Record(rp.next(i))
 			}
-			if len(rounds) == 0 {
-				b.Fatal("no Bind rounds in extended.bin")
-			}
-			p := newPipeline(b, spansIf(spans), nil)
-			// Open the connection (server view) and prepare the statements,
-			// but leave it open.
-			setup := connRecords(recs, 1, true, 40001, 5432, 99)
-			for _, r := range setup[:len(setup)-1] {
-				p.asm.Record(r)
-			}
-			seq := [2]uint64{}
-			for _, r := range recs {
-				seq[stream.Egress+stream.Ingress-r.Dir-1] += uint64(len(r.Data))
-			}
-			// One record per round trip message, patched in place.
-			var raws [][]byte
-			var evs []*event.CaptureDataEvent
-			for _, r := range rounds {
-				dir := stream.Egress + stream.Ingress - r.Dir
-				ev := event.CaptureDataEvent{
-					Type: event.TypeData, Direction: uint8(dir), Flags: event.FlagLast, Pid: 2000, Tid: 2000, Fd: 9,
-					ConnId: 1, TotalLen: uint32(len(r.Data)), Tuple: loopbackTuple(5432, 40001), //nolint:gosec // small
-				}
-				raw := event.EncodeData(&ev, r.Data)
-				e, _, err := event.Data(raw)
-				if err != nil {
-					b.Fatal(err)
-				}
-				raws, evs = append(raws, raw), append(evs, e)
-			}
-			ts := uint64(1) << 40
-			measure(b, p, len(raws), func() {
-				for i, raw := range raws {
-					e := evs[i]
-					d := e.Direction - 1
-					ts += 1000
-					e.Seq, e.TsNs = seq[d], ts
-					seq[d] += uint64(e.CapLen)
-					p.asm.Record(raw)
-				}
-			})
 		})
+	})
+}
+
+// withAndWithoutSpans runs bench as the sub-benchmarks name (spans built
+// and exported) and name_nospans (span building off: the parser alone),
+// the pair every pipeline figure is reported as.
+func withAndWithoutSpans(b *testing.B, name string, bench func(b *testing.B, spans bool)) {
+	for _, spans := range []bool{true, false} {
+		sub := name
+		if !spans {
+			sub += "_nospans"
+		}
+		b.Run(sub, func(b *testing.B) { bench(b, spans) })
 	}
+}
+
+// replay holds the server end's kernel records of calls recorded on
+// connection 1, one single-chunk record per recorded write or read, to be
+// sent again and again with their headers patched in place.
+type replay struct {
+	raws     [][]byte
+	evs      []*event.CaptureDataEvent // the header inside each raw
+	payloads [][]byte                  // the payload inside each raw
+	seq      [2]uint64                 // next stream offset per direction
+	ts       uint64
+}
+
+// newReplay encodes calls as seen from the server on port: a recorded
+// egress (client write) arrives as ingress. before is every record sent on
+// the connection ahead of the first replay; its bytes set the streams'
+// starting offsets.
+func newReplay(b *testing.B, before, calls []capfile.Record, port uint16) *replay {
+	b.Helper()
+	rp := &replay{ts: uint64(1) << 40}
+	for _, r := range before {
+		rp.seq[stream.Egress+stream.Ingress-r.Dir-1] += uint64(len(r.Data))
+	}
+	for _, r := range calls {
+		dir := stream.Egress + stream.Ingress - r.Dir
+		ev := event.CaptureDataEvent{
+			Type: event.TypeData, Direction: uint8(dir), Flags: event.FlagLast, Pid: 2000, Tid: 2000, Fd: 9,
+			ConnId: 1, TotalLen: uint32(len(r.Data)), Tuple: loopbackTuple(port, 40001), //nolint:gosec // small
+		}
+		if len(r.Data) > len(ev.Payload) {
+			b.Fatalf("a record of %d bytes needs more than one chunk", len(r.Data))
+		}
+		raw := event.EncodeData(&ev, r.Data)
+		e, payload, err := event.Data(raw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rp.raws, rp.evs, rp.payloads = append(rp.raws, raw), append(rp.evs, e), append(rp.payloads, payload)
+	}
+	return rp
+}
+
+// next stamps record i as the kernel would write it now: at its
+// direction's next stream offset, 1 µs after the previous record.
+func (rp *replay) next(i int) []byte {
+	e := rp.evs[i]
+	d := e.Direction - 1
+	rp.ts += 1000
+	e.Seq, e.TsNs = rp.seq[d], rp.ts
+	rp.seq[d] += uint64(e.CapLen)
+	return rp.raws[i]
 }
 
 // unaryCall is the last complete unary call of a recorded HTTP/2
@@ -520,94 +554,61 @@ func lastUnaryCall(tb testing.TB, recs []capfile.Record) unaryCall {
 // re-inserts what it inserted. Every pass must end exactly one call, and
 // every span must be a SERVER span carrying the recorded rpc.method.
 func BenchmarkPipelineSteadyGRPC(b *testing.B) {
-	for _, spans := range []bool{true, false} {
-		name := "grpc"
-		if !spans {
-			name = "grpc_nospans"
+	withAndWithoutSpans(b, "grpc", func(b *testing.B, spans bool) {
+		recs, err := capfile.ReadFile(filepath.Join("..", "testdata", "grpc", "unary_ok.bin"))
+		if err != nil {
+			b.Fatal(err)
 		}
-		b.Run(name, func(b *testing.B) {
-			recs, err := capfile.ReadFile(filepath.Join("..", "testdata", "grpc", "unary_ok.bin"))
-			if err != nil {
-				b.Fatal(err)
+		call := lastUnaryCall(b, recs)
+		var check func(ptrace.Span) bool
+		if spans {
+			check = func(sp ptrace.Span) bool {
+				m, ok := sp.Attributes().Get("rpc.method")
+				return ok && m.Str() == call.method && sp.Name() == call.method && sp.Kind() == ptrace.SpanKindServer
 			}
-			call := lastUnaryCall(b, recs)
-			var check func(ptrace.Span) bool
-			if spans {
-				check = func(sp ptrace.Span) bool {
-					m, ok := sp.Attributes().Get("rpc.method")
-					return ok && m.Str() == call.method && sp.Name() == call.method && sp.Kind() == ptrace.SpanKindServer
+		}
+		p := newPipeline(b, spansIf(spans), check)
+		stats := p.t.rpc.Stats()
+		// Open the connection (server view) and replay the calls before
+		// the repeated one, but leave it open.
+		setup := connRecords(call.setup, 1, true, 40001, 50051, 99)
+		for _, r := range setup[:len(setup)-1] {
+			p.asm.Record(r)
+		}
+		setupCalls := stats.Get(grpc.CounterCalls)
+		if spans {
+			p.setupSpans = setupCalls
+		}
+		// One kernel record per recorded write or read, patched in place.
+		rp := newReplay(b, call.setup, call.recs, 50051)
+		id := call.id
+		unknown0 := stats.Get(grpc.CounterCallsUnknownMethod)
+		measure(b, p, len(rp.raws), func() {
+			id += 2
+			calls := stats.Get(grpc.CounterCalls)
+			for i := range rp.raws {
+				for _, off := range call.idAt[i] {
+					binary.BigEndian.PutUint32(rp.payloads[i][off+5:off+9], id)
 				}
+				p.asm.Record(rp.next(i))
 			}
-			p := newPipeline(b, spansIf(spans), check)
-			stats := p.t.rpc.Stats()
-			// Open the connection (server view) and replay the calls before
-			// the repeated one, but leave it open.
-			setup := connRecords(call.setup, 1, true, 40001, 50051, 99)
-			for _, r := range setup[:len(setup)-1] {
-				p.asm.Record(r)
-			}
-			setupCalls := stats.Get(grpc.CounterCalls)
-			if spans {
-				p.setupSpans = setupCalls
-			}
-			seq := [2]uint64{}
-			for _, r := range call.setup {
-				seq[stream.Egress+stream.Ingress-r.Dir-1] += uint64(len(r.Data))
-			}
-			// One kernel record per recorded write or read, patched in place.
-			var raws, payloads [][]byte
-			var evs []*event.CaptureDataEvent
-			for _, r := range call.recs {
-				dir := stream.Egress + stream.Ingress - r.Dir
-				ev := event.CaptureDataEvent{
-					Type: event.TypeData, Direction: uint8(dir), Flags: event.FlagLast, Pid: 2000, Tid: 2000, Fd: 9,
-					ConnId: 1, TotalLen: uint32(len(r.Data)), Tuple: loopbackTuple(50051, 40001), //nolint:gosec // small
-				}
-				if len(r.Data) > len(ev.Payload) {
-					b.Fatalf("a record of %d bytes needs more than one chunk", len(r.Data))
-				}
-				raw := event.EncodeData(&ev, r.Data)
-				e, payload, err := event.Data(raw)
-				if err != nil {
-					b.Fatal(err)
-				}
-				raws, evs, payloads = append(raws, raw), append(evs, e), append(payloads, payload)
-			}
-			id := call.id
-			ts := uint64(1) << 40
-			unknown0 := stats.Get(grpc.CounterCallsUnknownMethod)
-			measure(b, p, len(raws), func() {
-				id += 2
-				calls := stats.Get(grpc.CounterCalls)
-				for i, raw := range raws {
-					e := evs[i]
-					d := e.Direction - 1
-					ts += 1000
-					e.Seq, e.TsNs = seq[d], ts
-					seq[d] += uint64(e.CapLen)
-					for _, off := range call.idAt[i] {
-						binary.BigEndian.PutUint32(payloads[i][off+5:off+9], id)
-					}
-					p.asm.Record(raw)
-				}
-				if n := stats.Get(grpc.CounterCalls) - calls; n != 1 {
-					b.Fatalf("stream %d: %d calls ended, want 1", id, n)
-				}
-			})
-			if n := stats.Get(grpc.CounterCallsUnknownMethod) - unknown0; n != 0 {
-				b.Fatalf("%d calls without a method", n)
-			}
-			if !spans {
-				return
-			}
-			// measure stopped the tracer: every span was exported or dropped.
-			want := setupCalls + uint64(b.N) + 1
-			if bad := p.bad.Load(); bad != 0 {
-				b.Fatalf("%d spans not SERVER %q", bad, call.method)
-			}
-			if got := p.spans.Load() + p.t.dropped.Load(); got != want {
-				b.Fatalf("%d spans, want %d", got, want)
+			if n := stats.Get(grpc.CounterCalls) - calls; n != 1 {
+				b.Fatalf("stream %d: %d calls ended, want 1", id, n)
 			}
 		})
-	}
+		if n := stats.Get(grpc.CounterCallsUnknownMethod) - unknown0; n != 0 {
+			b.Fatalf("%d calls without a method", n)
+		}
+		if !spans {
+			return
+		}
+		// measure stopped the tracer: every span was exported or dropped.
+		want := setupCalls + uint64(b.N) + 1
+		if bad := p.bad.Load(); bad != 0 {
+			b.Fatalf("%d spans not SERVER %q", bad, call.method)
+		}
+		if got := p.spans.Load() + p.t.dropped.Load(); got != want {
+			b.Fatalf("%d spans, want %d", got, want)
+		}
+	})
 }
