@@ -1,7 +1,10 @@
 // Package grpc turns the two byte streams of an HTTP/2 connection into gRPC
-// call records: HTTP/2 frames are read with golang.org/x/net/http2.Framer,
-// header blocks are decoded with golang.org/x/net/http2/hpack (one dynamic
-// table per direction), and request and response are correlated by stream id.
+// call records: frame headers, DATA and HEADERS/CONTINUATION fragments are
+// read in place with the checks golang.org/x/net/http2.Framer makes (tests
+// compare the two), the Framer itself parses SETTINGS, RST_STREAM, GOAWAY and
+// PUSH_PROMISE, header blocks are decoded with golang.org/x/net/http2/hpack
+// (one dynamic table per direction), and request and response are correlated
+// by stream id.
 //
 // The package is pure: bytes and kernel timestamps in, Call values out. It
 // never sees BPF, pdata or the wall clock, never keeps message payloads, and
