@@ -180,10 +180,13 @@ struct go_call {
 	__u32 _pad;
 };
 
-// LRU: a goroutine that never returns (its process exited in the call)
-// leaves its entry behind.
+// A plain hash, not LRU: an LRU would evict the oldest calls first, which
+// are the goroutines blocked in Read on idle connections, and lose their
+// bytes without a count; a full table is counted (CNT_DROP_ARGS_FULL). A
+// process that exits inside a call leaves its entries behind: user space
+// deletes them when it sees the process gone.
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct go_call_key);
 	__type(value, struct go_call);

@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -25,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/consumer/consumertest"
@@ -35,6 +37,7 @@ import (
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/ebpfotel/ebpfreceiver/internal/event"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/cgroup"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/pgserver"
 	"github.com/ebpfotel/ebpfreceiver/internal/testutil/privileged"
@@ -153,7 +156,10 @@ func TestTLSPostgresOverOpenSSL(t *testing.T) {
 const (
 	tlsGRPCEnv   = "EBPF_TLS_GRPC_HELPER"
 	tlsClientEnv = "EBPF_TLS_GRPC_CLIENT"
-	tlsCalls     = 3
+	// tlsHoldEnv set: the client keeps its connection open after its calls
+	// until its standard input closes.
+	tlsHoldEnv = "EBPF_TLS_GRPC_HOLD"
+	tlsCalls   = 3
 )
 
 func TestTLSGRPCHelper(t *testing.T) {
@@ -182,7 +188,8 @@ func TestTLSGRPCHelper(t *testing.T) {
 // that trusts the certificate in dir.
 func runTLSClient(dir, addr string) int {
 	// Wait for the test's word that the receiver has probed this process.
-	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+	stdin := bufio.NewReader(os.Stdin)
+	if _, err := stdin.ReadString('\n'); err != nil {
 		return 5
 	}
 	pem, err := os.ReadFile(filepath.Join(dir, "server.crt"))
@@ -206,6 +213,9 @@ func runTLSClient(dir, addr string) int {
 			fmt.Fprintln(os.Stderr, "tls client:", err)
 			return 4
 		}
+	}
+	if os.Getenv(tlsHoldEnv) != "" {
+		_, _ = io.Copy(io.Discard, stdin)
 	}
 	return 0
 }
@@ -284,6 +294,80 @@ func TestTLSGoGRPC(t *testing.T) {
 		// written before the server reads it.
 		require.LessOrEqual(t, clients[i].span.StartTimestamp(), servers[i].span.StartTimestamp())
 	}
+}
+
+// goCallsOf counts the Go crypto/tls calls in flight that the receiver's
+// kernel table go_tls_calls holds for process tgid.
+func goCallsOf(t *testing.T, tgid int) int {
+	t.Helper()
+	n := 0
+	for id := range heldFDs(t).maps {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := m.Info(); err == nil && info.Name == "go_tls_calls" {
+			var (
+				key  event.TlsGoCallKey
+				val  event.TlsGoCall
+				iter = m.Iterate()
+			)
+			for iter.Next(&key, &val) {
+				if int(key.Tgid) == tgid {
+					n++
+				}
+			}
+			require.NoError(t, iter.Err())
+		}
+		m.Close()
+	}
+	return n
+}
+
+// TestTLSGoCallsOfAKilledProcessAreForgotten kills a grpc-go TLS server
+// while its connection's reader goroutine is blocked in tls.Conn.Read: no
+// return probe will ever run for that call, and the kernel table of calls
+// in flight is a plain hash (full means counted drops), so the receiver
+// deletes the dead process's entries itself.
+func TestTLSGoCallsOfAKilledProcessAreForgotten(t *testing.T) {
+	privileged.Require(t)
+	certDir := ownCertDir(t)
+	g := cgroup.New(t)
+	sink, metrics := grpcReceiver(t, g, nil)
+	server, addr := startTLSServer(t, g, certDir)
+	awaitProbed := func(n int64) {
+		require.Eventually(t, func() bool {
+			v, _ := latest(metrics, "ebpf.capture.tls.probed", "")
+			return v >= n
+		}, 20*time.Second, 50*time.Millisecond, "%d probe sets", n)
+	}
+	awaitProbed(2)
+	client := helperCommand(g, "TestTLSGRPCHelper")
+	client.Env = append(os.Environ(), tlsGRPCEnv+"="+certDir, tlsClientEnv+"="+addr, tlsHoldEnv+"=1")
+	var out strings.Builder
+	client.Stdout, client.Stderr = &out, &out
+	stdin, err := client.StdinPipe()
+	require.NoError(t, err)
+	require.NoError(t, client.Start())
+	t.Cleanup(func() { _ = client.Process.Kill(); _ = client.Wait() })
+	awaitProbed(4)
+	_, err = fmt.Fprintln(stdin, "dial")
+	require.NoError(t, err)
+	awaitSpans(t, sink, ptrace.SpanKindServer, int64(server.Process.Pid), tlsCalls)
+
+	// The calls are done, the connection stays open: the server reads on.
+	require.Eventually(t, func() bool { return goCallsOf(t, server.Process.Pid) > 0 },
+		10*time.Second, 50*time.Millisecond, "the server's Read in flight is in go_tls_calls")
+	require.NoError(t, server.Process.Kill())
+	_ = server.Wait()
+	require.Eventually(t, func() bool { return goCallsOf(t, server.Process.Pid) == 0 },
+		10*time.Second, 50*time.Millisecond, "the killed server's calls are deleted")
+	// The client's Read ends with the connection: its return probe deletes
+	// its own entry.
+	require.NoError(t, stdin.Close())
+	require.NoError(t, client.Wait(), "%s", out.String())
+	require.Eventually(t, func() bool { return goCallsOf(t, client.Process.Pid) == 0 },
+		10*time.Second, 50*time.Millisecond, "no call of the client is left")
 }
 
 func TestTLSCurlHTTP2ToGRPC(t *testing.T) {

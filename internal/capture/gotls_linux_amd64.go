@@ -277,12 +277,33 @@ func (t *tlsProbes) goExited(pid int) {
 	}
 	delete(t.gotls.procs, pid)
 	_ = t.objs.GoTlsProcs.Delete(uint32(pid))
+	t.forgetGoCalls(uint32(pid)) //nolint:gosec // a pid fits 32 bits
 	tg := tlsTarget{dev: p.id.dev, ino: p.id.ino, pid: pid}
 	if links, ok := t.attached[tg]; ok {
 		t.closeLinks(links)
 		delete(t.attached, tg)
 	}
 	delete(t.failed, tg)
+}
+
+// forgetGoCalls deletes the calls in flight of a process that exited (or
+// ran exec(2)) inside tls.Conn Read or Write: no return probe will ever
+// delete them, and go_tls_calls is a plain hash that would fill with them.
+func (t *tlsProbes) forgetGoCalls(tgid uint32) {
+	var (
+		key   event.TlsGoCallKey
+		val   event.TlsGoCall
+		stale []event.TlsGoCallKey
+		iter  = t.objs.GoTlsCalls.Iterate()
+	)
+	for iter.Next(&key, &val) {
+		if key.Tgid == tgid {
+			stale = append(stale, key)
+		}
+	}
+	for i := range stale {
+		_ = t.objs.GoTlsCalls.Delete(&stale[i])
+	}
 }
 
 // closeGo releases the executables kept open for probing.
