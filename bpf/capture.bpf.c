@@ -6,10 +6,10 @@
 //
 // Only syscall tracepoints are used: they are a stable ABI, and on the
 // kernels we target kprobes/fentry may be forbidden. The hot path is a read or
-// write on a file descriptor that is not a tracked socket: it costs one hash
-// lookup in `sockets` and returns. Sockets enter the table when connect(2)
-// or accept(2)/accept4(2) of a process that passes the filters returns, or
-// when user space finds them already open at start-up.
+// write in a process that holds no tracked socket: one bit test in proc_bits.
+// In one that does, a descriptor that is not tracked costs a hash lookup in
+// `sockets`. Sockets enter the table when connect(2) or accept(2)/accept4(2)
+// of a process that passes the filters returns, or are found open at start.
 
 #include "capture.h"
 

@@ -6,11 +6,13 @@
 // response.
 //
 // It is pure: bytes and timestamps in, values out. Message bodies are decoded
-// with github.com/jackc/pgx/v5/pgproto3; the framing (1-byte type, 4-byte
-// big-endian length that counts itself) is done here so that a parser can skip
-// messages it does not want to buffer, survive lost bytes and resynchronise on
-// the next plausible message boundary. Every piece of state is bounded and
-// every loss is counted in Stats.
+// with github.com/jackc/pgx/v5/pgproto3, except the ones on every execution:
+// Bind and Execute are read in place for the names they carry (pgproto3 would
+// allocate the parameter values), and DataRow is only counted. The framing
+// (1-byte type, 4-byte big-endian length that counts itself) is done here so
+// that a parser can skip messages it does not want to buffer, survive lost
+// bytes and resynchronise on the next plausible message boundary. Every piece
+// of state is bounded and every loss is counted in Stats.
 package postgres
 
 import (
