@@ -304,6 +304,20 @@ static __always_inline struct task_ctx *enter_socket(int fd)
 	return t;
 }
 
+// enter_time is a record's timestamp taken at syscall entry, or 0 for "at
+// exit". A write is stamped when it is called: on loopback the kernel hands
+// the bytes to the peer and wakes its reader inside the write, so a read of
+// them can return before the write does. Stamped at entry, a write always
+// precedes its read, and a server's span lies within its client's. A read is
+// stamped at exit, when its bytes exist. source is a constant at every call
+// site, so the test compiles away.
+static __always_inline __u64 enter_time(__u8 source)
+{
+	if (source == SRC_WRITE || source == SRC_WRITEV || source == SRC_SENDTO || source == SRC_SENDMSG)
+		return bpf_ktime_get_ns();
+	return 0;
+}
+
 static __always_inline void remember(int fd, __u64 ptr, __u32 iovcnt, __u8 source)
 {
 	struct task_ctx *t = enter_socket(fd);
@@ -312,7 +326,7 @@ static __always_inline void remember(int fd, __u64 ptr, __u32 iovcnt, __u8 sourc
 	t->io.ptr = ptr;
 	t->io.fd = fd;
 	t->io.iovcnt = iovcnt;
-	t->io.ts = 0;
+	t->io.ts = enter_time(source);
 	t->io.source = source;
 }
 
@@ -328,7 +342,7 @@ static __always_inline void remember_msg(int fd, __u64 umsg, __u8 source)
 	t->io.ptr = (__u64)m.msg_iov;
 	t->io.fd = fd;
 	t->io.iovcnt = m.msg_iovlen;
-	t->io.ts = 0;
+	t->io.ts = enter_time(source);
 	t->io.source = source;
 }
 

@@ -86,7 +86,7 @@ struct data_event {
 	__u32 tid;
 	__s32 fd;
 	__u64 conn_id;  // unique per tracked socket for this load of the programs
-	__u64 ts_ns;    // bpf_ktime_get_ns (CLOCK_MONOTONIC) at syscall exit
+	__u64 ts_ns;    // bpf_ktime_get_ns (CLOCK_MONOTONIC): a write's entry, a read's exit
 	__u64 seq;      // offset of payload[0] in this direction's byte stream
 	__u32 total_len; // bytes the syscall moved
 	__u32 offset;    // offset of payload[0] within the syscall's bytes
