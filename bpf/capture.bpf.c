@@ -258,7 +258,7 @@ static __always_inline void announce(__u32 tgid, __u32 tid, int fd, const struct
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (info->tuple.family == AF_UNIX && sk)
 		read_unix_path(sk, info->role, e->unix_path);
-	bpf_ringbuf_submit(e, RB_FLAGS);
+	bpf_ringbuf_submit(e, rb_flags());
 }
 
 // ---------------------------------------------------------------------------
@@ -482,7 +482,7 @@ int enter_close(struct trace_event_raw_sys_enter *ctx)
 		e->seq_ingress = si->seq_ingress;
 		e->inode = si->inode;
 		e->tuple = si->tuple;
-		bpf_ringbuf_submit(e, RB_FLAGS);
+		bpf_ringbuf_submit(e, rb_flags());
 	} else {
 		count(CNT_DROP_CONN_EVENT, 1);
 	}

@@ -32,6 +32,9 @@
 // tail, capture_tail bytes of the tail.
 volatile const __u32 capture_cap = 16384;
 volatile const __u32 capture_tail = 4096;
+// Bytes waiting in the ring buffer that make a submit wake the reader
+// (limits.ring_buffer_wakeup_bytes); 0: never.
+volatile const __u64 wake_bytes = 0;
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 24); // resized by the loader (limits.ring_buffer_bytes)
@@ -166,7 +169,17 @@ static __always_inline void count(__u32 idx, __u64 n)
 // blocked in epoll_wait holds an OS thread in a syscall, which the Go
 // runtime answers by handing its P to another thread and polling harder
 // (sysmon): measured, both cost more than the capture itself.
-#define RB_FLAGS BPF_RB_NO_WAKEUP
+// But a burst can fill the ring buffer between two timer ticks (a 1 MiB
+// gRPC exchange on loopback puts 4 MiB in it within milliseconds, captured
+// at both ends), so once wake_bytes wait, the submit wakes the reader: only
+// while a burst outruns the timer. BPF_RB_AVAIL_DATA is the producer
+// position minus the consumer's, two loads.
+static __always_inline __u64 rb_flags(void)
+{
+	if (wake_bytes && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wake_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
 
 // ---------------------------------------------------------------------------
 // fd -> struct file -> struct sock
@@ -261,7 +274,7 @@ struct {
 static __always_inline void emit(struct data_event *e, __u32 n)
 {
 	e->cap_len = n;
-	if (bpf_ringbuf_output(&events, e, offsetof(struct data_event, payload) + n, RB_FLAGS)) {
+	if (bpf_ringbuf_output(&events, e, offsetof(struct data_event, payload) + n, rb_flags())) {
 		count(CNT_DROP_RINGBUF, 1);
 		count(CNT_DROP_RINGBUF_BYTES, n);
 	} else {

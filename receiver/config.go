@@ -141,9 +141,10 @@ type LimitsConfig struct {
 	// two, at least one page.
 	RingBufferBytes int `mapstructure:"ring_buffer_bytes"`
 	// RingBufferWakeupBytes: the reader drains the ring buffer every
-	// RingBufferPollInterval (the kernel never wakes it: a wakeup costs
-	// more than a record); a pass that found this many bytes or more is
-	// followed by another at once instead of a sleep.
+	// RingBufferPollInterval, and the kernel wakes it sooner only once this
+	// many bytes wait (a wakeup per record costs more than the record); a
+	// pass that found this many bytes or more is followed by another at
+	// once instead of a sleep.
 	RingBufferWakeupBytes  int           `mapstructure:"ring_buffer_wakeup_bytes"`
 	RingBufferPollInterval time.Duration `mapstructure:"ring_buffer_poll_interval"`
 	// IdleTimeout forgets a connection with no traffic for this long

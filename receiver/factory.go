@@ -44,7 +44,7 @@ func createDefaultConfig() component.Config {
 			CaptureBytes:           65536,
 			CaptureTailBytes:       4096,
 			RingBufferBytes:        4 << 20,
-			RingBufferWakeupBytes:  256 << 10,
+			RingBufferWakeupBytes:  1 << 20,
 			RingBufferPollInterval: 10 * time.Millisecond,
 			IdleTimeout:            10 * time.Minute,
 			RequestIdleTimeout:     5 * time.Minute,

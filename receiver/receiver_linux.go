@@ -76,7 +76,7 @@ func captureOptions(cfg *Config) capture.Options {
 		MaxConnections:  uint32(l.MaxConnections),
 		CaptureBytes:    uint32(l.CaptureBytes),
 		TailBytes:       uint32(l.CaptureTailBytes),
-		DrainAgainBytes: l.RingBufferWakeupBytes,
+		WakeupBytes:     l.RingBufferWakeupBytes,
 		PollInterval:    l.RingBufferPollInterval,
 		ScanExisting:    true,
 		TLS:             capture.TLSOptions{OpenSSL: cfg.TLS.OpenSSL, Libraries: cfg.TLS.Libraries, Go: cfg.TLS.Go},

@@ -40,13 +40,15 @@ type Options struct {
 	CaptureBytes uint32
 	TailBytes    uint32
 	// PollInterval is how long the reader sleeps after draining the ring
-	// buffer (it is never woken by the kernel).
+	// buffer, unless the kernel wakes it (WakeupBytes).
 	PollInterval time.Duration
-	// DrainAgainBytes: a pass that read at least this many bytes is
-	// followed by another at once rather than by a sleep, so that a burst
-	// is read at the speed it arrives. Zero always drains again while
-	// records arrive (a busy reader under load).
-	DrainAgainBytes int
+	// WakeupBytes: once this many bytes wait in the ring buffer, the
+	// kernel wakes the sleeping reader, so that a burst is read before it
+	// fills the ring buffer; and a pass that read at least this many bytes
+	// is followed by another at once rather than by a sleep. Zero: the
+	// kernel never wakes the reader, and every pass that read something is
+	// followed by another.
+	WakeupBytes int
 	// ScanExisting seeds the socket table with the matching processes'
 	// sockets that are already open.
 	ScanExisting bool

@@ -104,6 +104,7 @@ func (c *Capture) startTLS() error {
 	}
 	vars := map[string]any{
 		"capture_cap":  c.opts.CaptureBytes,
+		"wake_bytes":   uint64(c.opts.WakeupBytes), //nolint:gosec // validated: 0 to the ring buffer's size
 		"capture_tail": c.opts.TailBytes,
 	}
 	for name, v := range vars {

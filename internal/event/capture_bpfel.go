@@ -242,6 +242,7 @@ const (
 	CaptureVarUnusedDataSource = "unused_data_source"
 	CaptureVarUnusedDirection  = "unused_direction"
 	CaptureVarUnusedEventType  = "unused_event_type"
+	CaptureVarWakeBytes        = "wake_bytes"
 )
 
 // LoadCapture returns the embedded CollectionSpec for Capture.
@@ -347,6 +348,7 @@ type CaptureVariableSpecs struct {
 	UnusedDataSource *ebpf.VariableSpec `ebpf:"unused_data_source"`
 	UnusedDirection  *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedEventType  *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	WakeBytes        *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
 
 // CaptureObjects contains all objects after they have been loaded into the kernel.
@@ -420,6 +422,7 @@ type CaptureVariables struct {
 	UnusedDataSource *ebpf.Variable `ebpf:"unused_data_source"`
 	UnusedDirection  *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedEventType  *ebpf.Variable `ebpf:"unused_event_type"`
+	WakeBytes        *ebpf.Variable `ebpf:"wake_bytes"`
 }
 
 // CapturePrograms contains all programs after they have been loaded into the kernel.

@@ -167,6 +167,7 @@ const (
 	TlsProgSslWriteRet   = "ssl_write_ret"
 	TlsVarCaptureCap     = "capture_cap"
 	TlsVarCaptureTail    = "capture_tail"
+	TlsVarWakeBytes      = "wake_bytes"
 )
 
 // LoadTls returns the embedded CollectionSpec for Tls.
@@ -248,6 +249,7 @@ type TlsMapSpecs struct {
 type TlsVariableSpecs struct {
 	CaptureCap  *ebpf.VariableSpec `ebpf:"capture_cap"`
 	CaptureTail *ebpf.VariableSpec `ebpf:"capture_tail"`
+	WakeBytes   *ebpf.VariableSpec `ebpf:"wake_bytes"`
 }
 
 // TlsObjects contains all objects after they have been loaded into the kernel.
@@ -305,6 +307,7 @@ func (m *TlsMaps) Close() error {
 type TlsVariables struct {
 	CaptureCap  *ebpf.Variable `ebpf:"capture_cap"`
 	CaptureTail *ebpf.Variable `ebpf:"capture_tail"`
+	WakeBytes   *ebpf.Variable `ebpf:"wake_bytes"`
 }
 
 // TlsPrograms contains all programs after they have been loaded into the kernel.
