@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -392,6 +393,7 @@ func watchWakeups(events *ebpf.Map, wake chan<- struct{}, logger *zap.Logger) (s
 		return nil, fmt.Errorf("ring buffer fd: %w", err)
 	}
 	done := make(chan struct{})
+	var closing atomic.Bool
 	go func() {
 		defer close(done)
 		// Read calls the function, then parks until the fd is reported
@@ -403,11 +405,14 @@ func watchWakeups(events *ebpf.Map, wake chan<- struct{}, logger *zap.Logger) (s
 			}
 			return false
 		})
-		if err != nil && !errors.Is(err, os.ErrClosed) {
+		// Closing the file ends Read with an error ("use of closed file",
+		// not exported for files): only an earlier end is worth a word.
+		if err != nil && !closing.Load() {
 			logger.Warn("ring buffer wakeups are not watched: the reader drains on its timer only", zap.Error(err))
 		}
 	}()
 	return func() {
+		closing.Store(true)
 		_ = f.Close()
 		<-done
 	}, nil

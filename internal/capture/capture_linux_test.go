@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
 	"github.com/ebpfotel/ebpfreceiver/internal/cgroupv2"
@@ -542,6 +544,28 @@ func TestCaptureBurstWakesTheReader(t *testing.T) {
 	cnt, err := h.cap.Counters()
 	require.NoError(t, err)
 	require.Zero(t, cnt[event.CaptureCounterCNT_DROP_RINGBUF], "records dropped: the reader was not woken in time")
+}
+
+// discard is a Sink that drops every record.
+type discard struct{}
+
+func (discard) Record([]byte)  {}
+func (discard) Tick(time.Time) {}
+
+// TestRunThenCloseWarnsNothing: Close ends the reader and its wakeup
+// watcher, whose wait then fails with "use of closed file": that end is
+// expected and must not be logged as a fault.
+func TestRunThenCloseWarnsNothing(t *testing.T) {
+	privileged.Require(t)
+	core, logs := observer.New(zap.WarnLevel)
+	c, err := Open(testOptions(), zap.New(core))
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(discard{}) }()
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, c.Close())
+	require.NoError(t, <-done)
+	require.Zero(t, logs.Len(), "warnings: %v", logs.All())
 }
 
 func plainWriteChunks(n int) func(net.Conn, []byte) error {
