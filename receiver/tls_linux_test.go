@@ -254,6 +254,15 @@ func startTLSServer(t *testing.T, g *cgroup.Group, certDir string) (*exec.Cmd, s
 	return server, addr
 }
 
+// awaitTLSProbed waits until the receiver reports n probe sets attached.
+func awaitTLSProbed(t *testing.T, metrics *consumertest.MetricsSink, n int64) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		v, _ := latest(metrics, "ebpf.capture.tls.probed", "")
+		return v >= n
+	}, 20*time.Second, 50*time.Millisecond, "%d probe sets", n)
+}
+
 func TestTLSGoGRPC(t *testing.T) {
 	privileged.Require(t)
 	certDir := ownCertDir(t)
@@ -269,14 +278,8 @@ func TestTLSGoGRPC(t *testing.T) {
 	// The receiver looks at new processes every half second. Each helper
 	// gets two probe sets (crypto/tls, and libssl, which every watched
 	// process is given): the client dials once both helpers have theirs.
-	awaitProbed := func(n int64) {
-		require.Eventually(t, func() bool {
-			v, _ := latest(metrics, "ebpf.capture.tls.probed", "")
-			return v >= n
-		}, 20*time.Second, 50*time.Millisecond, "%d probe sets", n)
-	}
-	awaitProbed(2)
-	client := runTLSGoClient(t, g, certDir, addr, func() { awaitProbed(4) })
+	awaitTLSProbed(t, metrics, 2)
+	client := runTLSGoClient(t, g, certDir, addr, func() { awaitTLSProbed(t, metrics, 4) })
 
 	clients := awaitSpans(t, sink, ptrace.SpanKindClient, int64(client.Process.Pid), tlsCalls)
 	servers := awaitSpans(t, sink, ptrace.SpanKindServer, int64(server.Process.Pid), tlsCalls)
@@ -335,13 +338,7 @@ func TestTLSGoCallsOfAKilledProcessAreForgotten(t *testing.T) {
 	g := cgroup.New(t)
 	sink, metrics := grpcReceiver(t, g, nil)
 	server, addr := startTLSServer(t, g, certDir)
-	awaitProbed := func(n int64) {
-		require.Eventually(t, func() bool {
-			v, _ := latest(metrics, "ebpf.capture.tls.probed", "")
-			return v >= n
-		}, 20*time.Second, 50*time.Millisecond, "%d probe sets", n)
-	}
-	awaitProbed(2)
+	awaitTLSProbed(t, metrics, 2)
 	client := helperCommand(g, "TestTLSGRPCHelper")
 	client.Env = append(os.Environ(), tlsGRPCEnv+"="+certDir, tlsClientEnv+"="+addr, tlsHoldEnv+"=1")
 	var out strings.Builder
@@ -350,7 +347,7 @@ func TestTLSGoCallsOfAKilledProcessAreForgotten(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, client.Start())
 	t.Cleanup(func() { _ = client.Process.Kill(); _ = client.Wait() })
-	awaitProbed(4)
+	awaitTLSProbed(t, metrics, 4)
 	_, err = fmt.Fprintln(stdin, "dial")
 	require.NoError(t, err)
 	awaitSpans(t, sink, ptrace.SpanKindServer, int64(server.Process.Pid), tlsCalls)
