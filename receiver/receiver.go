@@ -25,9 +25,6 @@ type ebpfReceiver struct {
 	startErr  error
 	stopOnce  sync.Once
 	stopErr   error
-	// inert: Start failed under on_start_failure: keep_collector_running;
-	// every Start reports startErr as a status and returns nil.
-	inert bool
 
 	eng *engine // platform part, nil until started
 }
@@ -59,8 +56,7 @@ func (r *ebpfReceiver) Start(ctx context.Context, host component.Host) error {
 		traces, metrics := r.traces, r.metrics
 		r.mu.Unlock()
 		r.eng, r.startErr = startEngine(ctx, r.cfg, r.set, traces, metrics)
-		if r.startErr != nil && r.cfg.OnStartFailure == keepCollectorRunning {
-			r.inert = true
+		if r.startFailureTolerated() {
 			// Without a stack trace, as the collector logs a component
 			// that failed to start: the error says what is missing.
 			r.set.Logger.WithOptions(zap.AddStacktrace(zap.DPanicLevel)).Error(
@@ -68,13 +64,20 @@ func (r *ebpfReceiver) Start(ctx context.Context, host component.Host) error {
 				zap.Error(r.startErr))
 		}
 	})
-	if r.inert {
-		// The traces and the metrics pipeline each have their own status
-		// (one instance id per pipeline signal): report it to both.
+	if r.startFailureTolerated() {
+		// The receiver stays inert. The traces and the metrics pipeline
+		// each have their own status (one instance id per pipeline
+		// signal): report it to both.
 		componentstatus.ReportStatus(host, componentstatus.NewPermanentErrorEvent(r.startErr))
 		return nil
 	}
 	return r.startErr
+}
+
+// startFailureTolerated: Start failed, and on_start_failure keeps the
+// collector running without this receiver.
+func (r *ebpfReceiver) startFailureTolerated() bool {
+	return r.startErr != nil && r.cfg.OnStartFailure == keepCollectorRunning
 }
 
 // Shutdown detaches and unloads everything and waits for the goroutines.
