@@ -216,25 +216,42 @@ func kernelPhase(ctx context.Context, e *env, name string, filter *cgroup, clien
 		}
 		return m.sum("ebpf_capture_records_total")
 	}
+	if err := e.measureLoads(ctx, ph, progs, client, seconds, records); err != nil {
+		return nil, err
+	}
+	return ph, nil
+}
+
+// measureLoads reads the statistics of progs over an idle interval (the
+// background rate), then around each kernel workload, and appends one
+// window per workload to ph. records, if not nil, reads the collector's
+// count of captured records.
+func (e *env) measureLoads(ctx context.Context, ph *KernelPhase, progs map[string]*ebpf.Program, client *cgroup, seconds int, records func() float64) error {
 	bg0, tb0 := snapPrograms(progs), time.Now()
 	if err := sleep(ctx, 2*time.Second); err != nil {
-		return nil, err
+		return err
 	}
 	bg1, tb1 := snapPrograms(progs), time.Now()
 	for _, l := range e.kernelLoads(client, seconds) {
-		r0 := records()
+		var r0, n float64
+		if records != nil {
+			r0 = records()
+		}
 		a, ta := snapPrograms(progs), time.Now()
 		if err := l.run(ctx); err != nil {
-			return nil, err
+			return err
 		}
 		b, tb := snapPrograms(progs), time.Now()
-		// The receiver emits its counters every second.
-		if err := sleep(ctx, drainWait); err != nil {
-			return nil, err
+		if records != nil {
+			// The receiver emits its counters every second.
+			if err := sleep(ctx, drainWait); err != nil {
+				return err
+			}
+			n = records() - r0
 		}
-		ph.Windows = append(ph.Windows, window(l.name, a, b, tb.Sub(ta), bg0, bg1, tb1.Sub(tb0), records()-r0))
+		ph.Windows = append(ph.Windows, window(l.name, a, b, tb.Sub(ta), bg0, bg1, tb1.Sub(tb0), n))
 	}
-	return ph, nil
+	return nil
 }
 
 // KernelResult compares the filtered-out and the captured path, and the
@@ -289,18 +306,8 @@ func floorPhase(ctx context.Context, e *env, client *cgroup, seconds int) (*Kern
 		}
 	}
 	ph := &KernelPhase{Name: "floor", Filter: "none (empty programs)"}
-	bg0, tb0 := snapPrograms(progs), time.Now()
-	if err := sleep(ctx, 2*time.Second); err != nil {
+	if err := e.measureLoads(ctx, ph, progs, client, seconds, nil); err != nil {
 		return nil, err
-	}
-	bg1, tb1 := snapPrograms(progs), time.Now()
-	for _, l := range e.kernelLoads(client, seconds) {
-		a, ta := snapPrograms(progs), time.Now()
-		if err := l.run(ctx); err != nil {
-			return nil, err
-		}
-		b, tb := snapPrograms(progs), time.Now()
-		ph.Windows = append(ph.Windows, window(l.name, a, b, tb.Sub(ta), bg0, bg1, tb1.Sub(tb0), 0))
 	}
 	return ph, nil
 }
