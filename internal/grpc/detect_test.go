@@ -132,10 +132,7 @@ func TestDetectRejects(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	pre := &stream.ConnInfo{Preexisting: true}
 	for i := 0; i < 20000; i++ {
-		b := make([]byte, 1+rng.IntN(512))
-		for j := range b {
-			b[j] = byte(rng.Uint32())
-		}
+		b := randomBytes(rng, 512)
 		if det.Detect(pre, stream.Egress, b) {
 			t.Errorf("random bytes claimed: %x", b)
 		}

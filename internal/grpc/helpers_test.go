@@ -3,6 +3,7 @@ package grpc
 import (
 	"bytes"
 	"encoding/binary"
+	"math/rand/v2"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -168,4 +169,13 @@ func (s *synth) response(id uint32, code int, extra ...string) {
 
 func (s *synth) replay(conn *stream.ConnInfo, opts Options) ([]Call, *Stats) {
 	return replayFixture(s.recs, conn, opts)
+}
+
+// randomBytes returns 1 to max bytes of garbage from rng.
+func randomBytes(rng *rand.Rand, maxLen int) []byte {
+	b := make([]byte, 1+rng.IntN(maxLen))
+	for j := range b {
+		b[j] = byte(rng.Uint32())
+	}
+	return b
 }

@@ -171,10 +171,7 @@ func TestGarbage(t *testing.T) {
 			for i, rec := range recs {
 				r = append(r, rec)
 				if i > 2 && rng.IntN(8) == 0 {
-					junk := make([]byte, 1+rng.IntN(300))
-					for j := range junk {
-						junk[j] = byte(rng.Uint32())
-					}
+					junk := randomBytes(rng, 300)
 					r = append(r, capfile.Record{Dir: rec.Dir, Time: rec.Time, Data: junk})
 					injected++
 				}

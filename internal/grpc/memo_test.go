@@ -44,10 +44,7 @@ func TestBlockMemoChangesNothing(t *testing.T) {
 		for i, r := range base {
 			junk = append(junk, r)
 			if i > 2 && rng.IntN(6) == 0 {
-				b := make([]byte, 1+rng.IntN(40))
-				for j := range b {
-					b[j] = byte(rng.Uint32())
-				}
+				b := randomBytes(rng, 40)
 				junk = append(junk, capfile.Record{Dir: r.Dir, Time: r.Time, Data: b})
 			}
 			if i <= 2 || rng.IntN(5) != 0 || len(r.Data) < 2 {
